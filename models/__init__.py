@@ -1,0 +1,20 @@
+"""gatescope.models: dynamic (gated) networks, their MACs and their run folders.
+
+>>> from models import create_model, cost_model
+>>> net = create_model("small_cnn", gated=True, num_classes=10)
+>>> cost_model(net, (1, 28, 28)).static_macs
+"""
+
+from . import resnet, small_cnn, vgg  # noqa: F401  (register the architectures)
+from .checkpoint import Run, RunError, RunMeta, build_model, load_run, read_meta, save_run
+from .gates import Decision, DecisionUnit, GatedConv, MaskBank, constrain_, gated_convs, set_tau
+from .macs import CostModel, LayerCost, active_channels, cost_model
+from .network import Link, Network
+from .registry import create_model, list_models, register_model
+
+__all__ = [
+    "CostModel", "Decision", "DecisionUnit", "GatedConv", "LayerCost", "Link", "MaskBank",
+    "Network", "Run", "RunError", "RunMeta", "active_channels", "build_model", "constrain_",
+    "cost_model", "create_model", "gated_convs", "list_models", "load_run", "read_meta",
+    "register_model", "save_run", "set_tau",
+]

@@ -1,0 +1,139 @@
+"""Dynamic channel gating: decision units, mask banks and the gated conv they drive.
+
+A gated layer looks at its *input*, picks one of K learned channel masks and multiplies the
+chosen mask into its conv's output after BatchNorm, before the nonlinearity. A mask entry that
+is exactly 0 switches that channel off for that input (see ``models.macs``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MASK_MAX = 5.0  # mask entries are clamped to [0, MASK_MAX] after every update
+
+
+@dataclass
+class Decision:
+    """What one gated layer decided for a batch."""
+
+    logits: torch.Tensor  # (B, K) decision-unit outputs
+    action: torch.Tensor  # (B,) chosen mask index
+    mask: torch.Tensor  # (B, C_out) chosen mask rows
+
+    @property
+    def log_probs(self) -> torch.Tensor:
+        """(B, K) log action probabilities."""
+        return F.log_softmax(self.logits, dim=1)
+
+
+class DecisionUnit(nn.Module):
+    """ReLU -> global average pool -> standardise -> bias-free linear C_in -> K, unit-norm rows.
+
+    The pooled features of different inputs share a large common part; standardising them
+    (BatchNorm without affine terms, running statistics at inference) leaves the part that
+    varies between inputs, so that unit-norm rows can still give logits far enough apart for
+    the choice to depend on the input rather than on the Gumbel noise.
+    """
+
+    def __init__(self, in_channels: int, num_actions: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(in_channels, affine=False)
+        self.linear = nn.Linear(in_channels, num_actions, bias=False)
+        nn.init.normal_(self.linear.weight)
+        self.constrain_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.relu(x).mean(dim=(2, 3))  # (B, C_in)
+        return self.linear(self.norm(pooled))  # (B, K) logits
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        """Project every row back onto the unit sphere (called after each optimiser step)."""
+        w = self.linear.weight
+        w.copy_(F.normalize(w, dim=1))
+
+
+class MaskBank(nn.Module):
+    """K learned channel masks over C_out channels, initialised to 1."""
+
+    def __init__(self, num_actions: int, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_actions, channels))
+
+    def forward(self, one_hot: torch.Tensor) -> torch.Tensor:
+        return one_hot @ self.weight  # (B, K) x (K, C) -> (B, C)
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        self.weight.clamp_(0.0, MASK_MAX)
+
+
+class GatedConv(nn.Module):
+    """Conv -> BN -> (per-input mask) with an optional decision unit.
+
+    Ungated, it is a plain conv + BN. Gated, ``forward`` also appends a :class:`Decision` to
+    the ``decisions`` list it is given. In training it samples a hard Gumbel-softmax action
+    (straight-through gradients); in eval it takes the argmax, with no noise.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        stride: int = 1,
+        gated: bool = False,
+        num_actions: int = 40,
+    ):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.tau = 1.0  # Gumbel-softmax temperature, set by the trainer (not a parameter)
+        if gated:
+            self.decision = DecisionUnit(in_channels, num_actions)
+            self.bank = MaskBank(num_actions, out_channels)
+        else:
+            self.decision = None
+            self.bank = None
+
+    @property
+    def gated(self) -> bool:
+        return self.bank is not None
+
+    def forward(self, x: torch.Tensor, decisions: list[Decision] | None = None) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        if self.bank is None:
+            return y
+        logits = self.decision(x)
+        if self.training:
+            one_hot = F.gumbel_softmax(logits, tau=self.tau, hard=True)
+            action = one_hot.argmax(dim=1)
+            mask = self.bank(one_hot)
+        else:
+            action = logits.argmax(dim=1)
+            mask = self.bank.weight[action]  # indexing, not a matmul: no hidden MACs
+        if decisions is not None:
+            decisions.append(Decision(logits=logits, action=action, mask=mask))
+        return y * mask[:, :, None, None]
+
+
+def gated_convs(model: nn.Module) -> list[GatedConv]:
+    """The gated layers of ``model`` in forward order."""
+    return [m for m in model.modules() if isinstance(m, GatedConv) and m.gated]
+
+
+def constrain_(model: nn.Module) -> None:
+    """Re-apply the clamps and norms of every decision unit and mask bank (after a step)."""
+    for m in model.modules():
+        if isinstance(m, (DecisionUnit, MaskBank)):
+            m.constrain_()
+
+
+def set_tau(model: nn.Module, tau: float) -> None:
+    """Set the Gumbel-softmax temperature of every gated layer."""
+    for m in gated_convs(model):
+        m.tau = tau

@@ -1,0 +1,59 @@
+"""The base class every registered architecture derives from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .gates import Decision, GatedConv
+
+
+@dataclass(frozen=True)
+class Link:
+    """A costed layer (conv or linear) and the gates that switch its channels off.
+
+    ``in_gate`` masks the layer's input channels, ``out_gate`` its output channels; ``None``
+    means that side is never gated (the residual stream, the image, the logits).
+    """
+
+    name: str
+    module: nn.Module
+    in_gate: GatedConv | None
+    out_gate: GatedConv | None
+
+
+class Network(nn.Module):
+    """Normalisation + a body that may contain gated layers.
+
+    ``forward`` takes images in pixel space [0, 1] and returns logits; ``decide`` returns the
+    logits and one :class:`Decision` per gated layer, in forward order.
+    """
+
+    def __init__(self, *, in_channels: int, mean: tuple[float, ...] | None, std: tuple[float, ...] | None):
+        super().__init__()
+        mean_t = torch.tensor(mean if mean is not None else [0.0] * in_channels, dtype=torch.float32)
+        std_t = torch.tensor(std if std is not None else [1.0] * in_channels, dtype=torch.float32)
+        if mean_t.numel() != in_channels or std_t.numel() != in_channels:
+            raise ValueError(f"mean/std need {in_channels} values, got {mean_t.numel()} and {std_t.numel()}")
+        if bool((std_t <= 0).any()):
+            raise ValueError(f"std must be positive, got {std_t.tolist()}")
+        self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
+        self.register_buffer("std", std_t.view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body((x - self.mean) / self.std, None)
+
+    def decide(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Decision]]:
+        """Logits (B, classes) and the decisions of every gated layer."""
+        decisions: list[Decision] = []
+        logits = self.body((x - self.mean) / self.std, decisions)
+        return logits, decisions
+
+    def body(self, x: torch.Tensor, decisions: list[Decision] | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def links(self) -> list[Link]:
+        """Every conv and linear layer of the body with its input and output gates."""
+        raise NotImplementedError

@@ -1,0 +1,96 @@
+"""CIFAR-style ResNet (He et al. 2016, 6n+2 layers); only block-internal channels are gated."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gates import Decision, GatedConv
+from .network import Link, Network
+from .registry import register_model
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs; the gate sits on conv1's output, never on the residual stream."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, *, gated: bool, num_actions: int):
+        super().__init__()
+        self.conv1 = GatedConv(c_in, c_out, stride=stride, gated=gated, num_actions=num_actions)
+        self.conv2 = GatedConv(c_out, c_out)
+        self.shortcut = None
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor, decisions: list[Decision] | None) -> torch.Tensor:
+        h = F.relu(self.conv1(x, decisions))
+        h = self.conv2(h)
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return F.relu(h + skip)
+
+
+class ResNet(Network):
+    def __init__(
+        self,
+        depth: int,
+        *,
+        gated: bool,
+        num_classes: int,
+        in_channels: int,
+        num_actions: int,
+        mean: tuple[float, ...] | None,
+        std: tuple[float, ...] | None,
+    ):
+        super().__init__(in_channels=in_channels, mean=mean, std=std)
+        n = (depth - 2) // 6
+        self.stem = GatedConv(in_channels, 16)
+        blocks, c_in = [], 16
+        for stage, c_out in enumerate((16, 32, 64)):
+            for i in range(n):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(BasicBlock(c_in, c_out, stride, gated=gated, num_actions=num_actions))
+                c_in = c_out
+        self.blocks = nn.ModuleList(blocks)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def body(self, x: torch.Tensor, decisions: list[Decision] | None) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        for block in self.blocks:
+            x = block(x, decisions)
+        return self.fc(x.mean(dim=(2, 3)))
+
+    def links(self) -> list[Link]:
+        links = [Link("stem.conv", self.stem.conv, None, None)]
+        for i, block in enumerate(self.blocks):
+            gate = block.conv1 if block.conv1.gated else None
+            links.append(Link(f"blocks.{i}.conv1.conv", block.conv1.conv, None, gate))
+            links.append(Link(f"blocks.{i}.conv2.conv", block.conv2.conv, gate, None))
+            if block.shortcut is not None:
+                links.append(Link(f"blocks.{i}.shortcut.0", block.shortcut[0], None, None))
+        links.append(Link("fc", self.fc, None, None))
+        return links
+
+
+def _builder(depth: int):
+    def build(
+        *,
+        gated: bool = True,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        num_actions: int = 40,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+    ) -> ResNet:
+        return ResNet(
+            depth, gated=gated, num_classes=num_classes, in_channels=in_channels,
+            num_actions=num_actions, mean=mean, std=std,
+        )
+
+    build.__doc__ = f"CIFAR-style ResNet-{depth} (16-32-64 channels, 1x1 projection shortcuts)."
+    return register_model(f"resnet{depth}")(build)
+
+
+resnet20 = _builder(20)
+resnet56 = _builder(56)

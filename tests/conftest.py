@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny gated networks, tiny runs and a small real CIFAR-10 extract."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+CIFAR_DIR = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+DEFAULT_RUN = REPO / "assets" / "mnist5k" / "dynamic"
+BASELINE_RUN = REPO / "assets" / "mnist5k" / "baseline"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory) -> Path:
+    """ImageFolder-layout CIFAR-10 extract: 20 train and 10 test JPEGs per class."""
+    if not CIFAR_DIR.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CIFAR_DIR} is missing in CI; the ImageFolder tests need it")
+        pytest.skip(f"real CIFAR-10 not found at {CIFAR_DIR}")
+    root = tmp_path_factory.mktemp("cifar10")
+    for split, per_class in (("train", 20), ("test", 10)):
+        counts: dict[str, int] = {}
+        with tarfile.open(CIFAR_DIR / f"{split}.tar.gz") as tar:
+            for member in tar:
+                parts = Path(member.name).parts
+                if not member.isfile() or len(parts) != 3:
+                    continue
+                cls = parts[1]
+                if counts.get(cls, 0) >= per_class:
+                    if len(counts) == 10 and all(v >= per_class for v in counts.values()):
+                        break
+                    continue
+                counts[cls] = counts.get(cls, 0) + 1
+                tar.extract(member, root, filter="data")
+    return root
+
+
+@pytest.fixture
+def tiny_run(tmp_path) -> Path:
+    """A saved gated small_cnn run folder (untrained, K = 3) on mnist5k."""
+    from models import RunMeta, build_model, save_run
+
+    meta = RunMeta(
+        arch="small_cnn", arch_args={"gated": True, "num_classes": 10, "in_channels": 1, "num_actions": 3},
+        dataset="mnist5k", class_names=[str(i) for i in range(10)], input_shape=[1, 28, 28],
+        mean=[0.1307], std=[0.3081], training={"seed": 0, "tau": [1.0, 0.5]}, metrics={"test_accuracy": 0.1},
+    )
+    path = tmp_path / "run"
+    save_run(path, build_model(meta), meta)
+    return path

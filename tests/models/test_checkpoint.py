@@ -1,0 +1,98 @@
+import json
+
+import pytest
+import safetensors.torch
+import torch
+
+from models import RunError, create_model, load_run, read_meta, save_run
+from models.checkpoint import META, WEIGHTS
+
+
+def test_a_saved_run_loads_with_identical_weights_and_outputs(tiny_run):
+    run = load_run(tiny_run)
+    again = load_run(tiny_run)
+    x = torch.rand(4, 1, 28, 28)
+    assert not run.model.training
+    torch.testing.assert_close(run.model(x), again.model(x))
+    meta = json.loads((tiny_run / META).read_text())
+    for field in ("arch", "arch_args", "dataset", "class_names", "input_shape", "mean", "std",
+                  "training", "metrics", "version", "weights_sha256"):
+        assert field in meta
+    assert meta["version"] and len(meta["weights_sha256"]) == 64
+
+
+def test_normalisation_travels_with_the_run(tiny_run):
+    run = load_run(tiny_run)
+    assert run.model.mean.flatten().tolist() == pytest.approx([0.1307])
+    assert run.model.std.flatten().tolist() == pytest.approx([0.3081])
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(RunError, match="no such run folder"):
+        load_run(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("name", [META, WEIGHTS])
+def test_missing_file_is_named(tiny_run, name):
+    (tiny_run / name).unlink()
+    with pytest.raises(RunError, match=name.replace(".", r"\.") + ": missing"):
+        load_run(tiny_run)
+
+
+def test_corrupt_json(tiny_run):
+    (tiny_run / META).write_text("{not json")
+    with pytest.raises(RunError, match="model.json: not valid JSON"):
+        load_run(tiny_run)
+
+
+def test_corrupt_weights(tiny_run):
+    meta = json.loads((tiny_run / META).read_text())
+    meta["weights_sha256"] = ""  # skip the hash check to reach the parser
+    (tiny_run / META).write_text(json.dumps(meta))
+    (tiny_run / WEIGHTS).write_bytes(b"\x00" * 64)
+    with pytest.raises(RunError, match="model.safetensors: not a readable safetensors file"):
+        load_run(tiny_run)
+
+
+def test_weights_changed_after_saving_are_refused(tiny_run):
+    data = bytearray((tiny_run / WEIGHTS).read_bytes())
+    data[-1] ^= 0xFF
+    (tiny_run / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(RunError, match="SHA-256 differs"):
+        load_run(tiny_run)
+
+
+def test_weights_that_do_not_fit_the_declared_architecture(tiny_run):
+    other = create_model("small_cnn", gated=True, num_actions=5)  # K = 5, model.json says 3
+    state = {k: v.contiguous() for k, v in other.state_dict().items()}
+    (tiny_run / WEIGHTS).write_bytes(safetensors.torch.save(state))
+    meta = json.loads((tiny_run / META).read_text())
+    meta["weights_sha256"] = ""
+    (tiny_run / META).write_text(json.dumps(meta))
+    with pytest.raises(RunError, match="do not fit 'small_cnn'"):
+        load_run(tiny_run)
+
+
+def test_unknown_architecture_lists_the_known_ones(tiny_run):
+    meta = json.loads((tiny_run / META).read_text())
+    meta["arch"] = "resnet21"
+    (tiny_run / META).write_text(json.dumps(meta))
+    with pytest.raises(RunError, match=r"model\.json: \"arch\" is 'resnet21'; known: resnet20"):
+        read_meta(tiny_run)
+
+
+def test_missing_fields_are_named(tiny_run):
+    meta = json.loads((tiny_run / META).read_text())
+    del meta["class_names"]
+    (tiny_run / META).write_text(json.dumps(meta))
+    with pytest.raises(RunError, match="missing field\\(s\\) class_names"):
+        read_meta(tiny_run)
+
+
+def test_saving_again_replaces_both_files_consistently(tiny_run):
+    run = load_run(tiny_run)
+    with torch.no_grad():
+        run.model.fc.bias.add_(1.0)
+    save_run(tiny_run, run.model, run.meta)
+    torch.testing.assert_close(load_run(tiny_run).model.fc.bias, run.model.fc.bias)
+    assert not list(tiny_run.glob(".*.tmp")), "no temporary files are left behind"

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from models import create_model, gated_convs, list_models
+
+SHAPES = {"small_cnn": (1, 28, 28)}
+
+
+def _shape(name):
+    return SHAPES.get(name, (3, 32, 32))
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("gated", [False, True])
+def test_every_architecture_builds_and_classifies(name, gated):
+    c = _shape(name)[0]
+    net = create_model(name, gated=gated, num_classes=7, in_channels=c, num_actions=5).eval()
+    logits, decisions = net.decide(torch.rand(3, *_shape(name)))
+    assert logits.shape == (3, 7)
+    assert len(decisions) == len(gated_convs(net))
+    assert (len(decisions) > 0) == gated
+    for d, gate in zip(decisions, gated_convs(net)):
+        assert d.logits.shape == (3, 5) and d.action.shape == (3,)
+        assert torch.equal(d.mask, gate.bank.weight[d.action])
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_gated_networks_leave_the_first_conv_and_the_residual_stream_ungated(name):
+    net = create_model(name, gated=True)
+    gates = gated_convs(net)
+    assert gates, "a gated network has gated layers"
+    if name.startswith("resnet"):
+        assert not net.stem.gated
+        assert all(b.conv1.gated and not b.conv2.gated for b in net.blocks)
+    else:
+        assert not net.convs[0].gated and all(c.gated for c in net.convs[1:])
+
+
+def test_unknown_architecture_names_the_known_ones():
+    with pytest.raises(KeyError, match="resnet20"):
+        create_model("resnet21")
+
+
+def test_list_models_filters_by_pattern():
+    assert list_models("resnet*") == ["resnet20", "resnet56"]
+    assert {"small_cnn", "vgg11", "vgg16"} <= set(list_models())
