@@ -1,0 +1,1 @@
+"""gatescope.app: the Streamlit workbench and the ``gatescope`` command (thin UI layer)."""

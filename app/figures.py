@@ -1,0 +1,59 @@
+"""Plotly figures from analysis results: pure functions, no Streamlit, no model loading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+
+def macs_histogram(ratios: np.ndarray) -> go.Figure:
+    """Distribution of per-input counted MACs as a fraction of the ungated network."""
+    fig = go.Figure(go.Histogram(x=ratios, nbinsx=40, marker_color="#4C78A8"))
+    fig.add_vline(x=float(np.mean(ratios)), line_dash="dash", annotation_text=f"mean {np.mean(ratios):.3f}")
+    fig.update_layout(
+        xaxis_title="counted MACs / ungated MACs", yaxis_title="inputs", bargap=0.05,
+        margin=dict(l=10, r=10, t=30, b=10), height=300,
+    )
+    return fig
+
+
+def training_curves(log: pd.DataFrame) -> go.Figure:
+    """Test accuracy and MACs ratio per epoch, one line per training phase."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("test accuracy", "counted MACs ratio"))
+    for phase, rows in log.groupby("phase", sort=False):
+        fig.add_trace(go.Scatter(x=rows["epoch"], y=rows["test_acc"], name=phase, mode="lines+markers"), 1, 1)
+        fig.add_trace(go.Scatter(x=rows["epoch"], y=rows["test_macs_ratio"], name=phase, mode="lines+markers",
+                                 showlegend=False), 1, 2)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(margin=dict(l=10, r=10, t=30, b=10), height=300)
+    return fig
+
+
+def action_usage(paths: np.ndarray, num_actions: int) -> go.Figure:
+    """Heatmap: how often each gated layer (rows) chose each action (columns)."""
+    counts = np.stack([np.bincount(paths[:, l], minlength=num_actions) for l in range(paths.shape[1])])
+    share = counts / max(1, len(paths))
+    fig = go.Figure(go.Heatmap(
+        z=share, x=list(range(num_actions)), y=[f"gate {l}" for l in range(paths.shape[1])],
+        colorscale="Blues", colorbar=dict(title="share"),
+        hovertemplate="%{y}, action %{x}: %{z:.1%} of inputs<extra></extra>",
+    ))
+    fig.update_layout(xaxis_title="action (mask index)", margin=dict(l=10, r=10, t=30, b=10),
+                      height=80 + 40 * paths.shape[1])
+    return fig
+
+
+def class_action_preference(paths: np.ndarray, labels: np.ndarray, layer: int, class_names: list[str],
+                            num_actions: int) -> go.Figure:
+    """Heatmap for one gated layer: share of each class's inputs choosing each action."""
+    z = np.zeros((len(class_names), num_actions))
+    for c in range(len(class_names)):
+        chosen = paths[labels == c, layer]
+        if len(chosen):
+            z[c] = np.bincount(chosen, minlength=num_actions) / len(chosen)
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(num_actions)), y=class_names, colorscale="Viridis",
+                               hovertemplate="class %{y}, action %{x}: %{z:.1%}<extra></extra>"))
+    fig.update_layout(xaxis_title="action", yaxis_title="class", margin=dict(l=10, r=10, t=30, b=10), height=360)
+    return fig

@@ -1,0 +1,63 @@
+"""Overview: the model card, its cost, its training and how it uses its masks."""
+
+import numpy as np
+import streamlit as st
+
+from analysis import macs_summary
+from app import figures
+from app.state import sidebar, training_log, try_outputs
+from models import cost_model, gated_convs
+
+COLLAPSE_SHARE = 0.9  # one action chosen by more than this share of inputs in a layer
+
+run, split = sidebar()
+meta = run.meta
+st.title(f"{meta.arch} on {meta.dataset}")
+st.caption(f"Run folder: `{run.path}`")
+
+costs = cost_model(run.model, tuple(meta.input_shape))
+gates = gated_convs(run.model)
+cols = st.columns(4)
+cols[0].metric("Test accuracy (recorded)", f"{meta.metrics.get('test_accuracy', float('nan')):.2%}")
+cols[1].metric("Ungated MACs (counted)", f"{costs.ungated_macs / 1e6:.2f} M")
+cols[2].metric("Gated layers", f"{len(gates)}", help="layers that pick one of K channel masks per input")
+cols[3].metric("Masks per gated layer (K)", f"{meta.arch_args.get('num_actions', '-')}" if gates else "-")
+
+with st.expander("Model card", expanded=False):
+    st.json({"arch": meta.arch, "arch_args": meta.arch_args, "dataset": meta.dataset,
+             "classes": meta.class_names, "input_shape": meta.input_shape, "mean": meta.mean,
+             "std": meta.std, "metrics": meta.metrics, "training": meta.training, "version": meta.version})
+
+outputs, problem = try_outputs(run, split)
+if problem:
+    st.warning(problem)
+    st.stop()
+
+st.subheader(f"Per-input cost on the {split} split ({len(outputs.labels):,} inputs)")
+summary = macs_summary(outputs)
+cols = st.columns(4)
+cols[0].metric("Accuracy (recomputed)", f"{outputs.accuracy:.2%}")
+cols[1].metric("Mean counted MACs", f"{summary['mean']:.1%}", help="of the ungated network; counted, not measured")
+cols[2].metric("Median", f"{summary['median']:.1%}")
+cols[3].metric("Min / max", f"{summary['min']:.1%} / {summary['max']:.1%}")
+st.plotly_chart(figures.macs_histogram(outputs.macs_ratio), key="macs_hist")
+
+log = training_log(run)
+if not log.empty:
+    st.subheader("Training")
+    st.plotly_chart(figures.training_curves(log), key="train_curves")
+
+if gates:
+    st.subheader("Mask utilisation")
+    k = outputs.log_probs.shape[2]
+    top_share = np.array([np.bincount(outputs.paths[:, l], minlength=k).max() for l in range(len(gates))]) / len(outputs.paths)
+    dead = [int((np.bincount(outputs.paths[:, l], minlength=k) == 0).sum()) for l in range(len(gates))]
+    collapsed = [l for l, s in enumerate(top_share) if s > COLLAPSE_SHARE]
+    if collapsed:
+        st.warning(f"Collapse: in gate(s) {collapsed} one action is chosen by more than "
+                   f"{COLLAPSE_SHARE:.0%} of inputs; those layers behave like static ones.")
+    st.caption("Dead actions per gate (never chosen on this split): " + ", ".join(f"gate {l}: {d}/{k}" for l, d in enumerate(dead)))
+    st.plotly_chart(figures.action_usage(outputs.paths, k), key="action_usage")
+    layer = st.selectbox("Per-class action preference of gate", range(len(gates)), key="class_pref_layer")
+    st.plotly_chart(figures.class_action_preference(outputs.paths, outputs.labels, layer, meta.class_names, k),
+                    key="class_pref")

@@ -1,0 +1,57 @@
+"""What the pages share: the runs to show, cached models and cached per-input outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from analysis import DatasetError, Outputs, collect, load_dataset
+from models import Run, load_run
+
+RUNS_ENV = "GATESCOPE_RUNS"  # os.pathsep-separated run folders, set by ``gatescope app``
+DEFAULT_RUN = Path(__file__).resolve().parent.parent / "assets" / "mnist5k" / "dynamic"
+
+
+def run_paths() -> list[str]:
+    """The run folders this app was started with (the shipped default when none)."""
+    value = os.environ.get(RUNS_ENV, "")
+    return [p for p in value.split(os.pathsep) if p] or [str(DEFAULT_RUN)]
+
+
+@st.cache_resource(show_spinner="Loading the model...")
+def get_run(path: str) -> Run:
+    return load_run(path)
+
+
+@st.cache_data(show_spinner="Running the model over the dataset...", max_entries=8)
+def get_outputs(path: str, weights_sha256: str, dataset: str, split: str) -> Outputs:
+    """Per-input outputs of a run on a split (cached per weights hash, dataset and split)."""
+    return collect(get_run(path).model, load_dataset(dataset, split))
+
+
+def try_outputs(run: Run, split: str) -> tuple[Outputs | None, str | None]:
+    """The run's outputs on its own dataset, or a message saying what data it needs."""
+    try:
+        return get_outputs(str(run.path), run.meta.weights_sha256, run.meta.dataset, split), None
+    except DatasetError as e:
+        return None, f"This model was trained on `{run.meta.dataset}`, which cannot be opened here: {e}"
+
+
+def training_log(run: Run) -> pd.DataFrame:
+    """The run's per-epoch log (empty when it has none)."""
+    file = run.path / "train_log.jsonl"
+    if not file.is_file():
+        return pd.DataFrame()
+    return pd.DataFrame([json.loads(line) for line in file.read_text().splitlines() if line.strip()])
+
+
+def sidebar() -> tuple[Run, str]:
+    """The run and split chosen in the sidebar."""
+    paths = run_paths()
+    path = st.sidebar.selectbox("Run", paths, format_func=lambda p: Path(p).name or p, key="run")
+    split = st.sidebar.radio("Split", ["test", "train"], horizontal=True, key="split")
+    return get_run(path), split

@@ -1,0 +1,35 @@
+import subprocess
+import sys
+
+from app.cli import main
+from conftest import DEFAULT_RUN, REPO
+
+
+def test_list_names_architectures_and_datasets(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet56" in out and "small_cnn" in out and "imagefolder" in out
+
+
+def test_report_prints_the_acceptance_figures(capsys):
+    assert main(["report", str(DEFAULT_RUN)]) == 0
+    out = capsys.readouterr().out
+    assert "1. test accuracy: 0.9" in out and "2. counted MACs" in out and "3. distinct actions" in out
+
+
+def test_a_wrong_run_path_is_one_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gatescope: error:") and "no such run folder" in err
+    assert "Traceback" not in err
+
+
+def test_a_wrong_dataset_path_is_one_clear_error(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "out"), "--dataset", f"imagefolder:{tmp_path}/none", "--no-progress"]) == 1
+    assert "expects ROOT/{train,test}" in capsys.readouterr().err
+
+
+def test_app_refuses_a_foreign_folder_before_starting_a_server(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "app.cli", "app", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "model.json: missing" in out.stderr

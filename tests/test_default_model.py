@@ -1,0 +1,40 @@
+"""The shipped default model meets the foundation issue's acceptance figures, recomputed here."""
+
+import pytest
+
+from analysis.report import run_report
+from conftest import BASELINE_RUN, DEFAULT_RUN
+from models import load_run
+
+
+@pytest.fixture(scope="module")
+def report():
+    return run_report(load_run(DEFAULT_RUN), baseline=load_run(BASELINE_RUN))
+
+
+def test_recorded_metrics_are_recomputed_from_the_shipped_weights(report):
+    meta = load_run(DEFAULT_RUN).meta
+    assert report["test_images"] == meta.metrics["test_images"] == 1000
+    assert report["test_accuracy"] == pytest.approx(meta.metrics["test_accuracy"], abs=1e-9)
+    assert report["macs_ratio"]["mean"] == pytest.approx(meta.metrics["macs_ratio"]["mean"], rel=1e-9)
+    base = load_run(BASELINE_RUN).meta
+    assert report["baseline"]["test_accuracy"] == pytest.approx(base.metrics["test_accuracy"], abs=1e-9)
+
+
+def test_accuracy_is_high_and_close_to_the_ungated_baseline(report):
+    assert report["test_accuracy"] >= 0.98
+    assert report["accuracy_gap"] <= 0.005
+
+
+def test_mean_counted_macs_at_most_half_of_the_ungated_network(report):
+    m = report["macs_ratio"]
+    assert m["mean"] <= 0.5
+    assert m["min"] <= m["median"] <= m["max"] <= 1.0
+
+
+def test_decisions_do_not_collapse_and_follow_classes(report):
+    d = report["diversity"]
+    assert sum(n >= 4 for n in d["distinct_actions_per_layer"]) >= 3
+    assert d["top_path_share"] <= 0.25
+    assert report["probe_log_probs"] >= 0.90
+    assert report["probe_one_hot_paths"] >= 0.70
