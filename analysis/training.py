@@ -52,18 +52,19 @@ class TrainConfig:
     seed: int = 0
     num_actions: int = 40  # K candidate masks per gated layer
     pretrain_epochs: int = 10  # phase 1, ungated
-    finetune_epochs: int = 12  # phases 2 and 3 each
+    finetune_epochs: int = 40  # phases 2 and 3 each
     batch_size: int = 128
     lr: float = 2e-3  # AdamW, cosine-annealed within each phase
     finetune_lr: float = 1e-3
     gate_lr: float = 1e-2  # decision units and mask banks (no weight decay)
     weight_decay: float = 5e-4
     sparsity: str = "macs"  # "macs" (MACs-weighted L1 with a target) or "reference" (the paper's)
-    lam: float = 1.0  # weight of the sparsity term
-    target: float = 0.4  # "macs": target counted MACs ratio; "reference": r of (mean|m| - r)^2
-    diversity: float = 0.2  # weight of the -I(input; action) term that keeps paths varied
+    lam: float = 2.0  # weight of the sparsity term
+    target: float = 0.5  # "macs": target counted MACs ratio; "reference": r of (mean|m| - r)^2
+    diversity: float = 0.1  # weight of the -I(input; action) term that keeps paths varied
     tau: float = 1.0  # Gumbel-softmax temperature at the start of the dynamic phase
     tau_final: float = 0.5  # ... annealed linearly to this by its end
+    noise_free_epochs: int = 8  # last epochs of the dynamic phase train on argmax actions
     eval_batch_size: int = 500
 
 
@@ -149,7 +150,7 @@ def _run_phase(
         torch.manual_seed(config.seed * 1000 + PHASES.index(phase) * 100 + epoch)
         loader_gen.manual_seed(config.seed * 1000 + PHASES.index(phase) * 100 + epoch)
         tau = config.tau + (config.tau_final - config.tau) * epoch / max(1, epochs - 1)
-        set_tau(model, tau)
+        set_tau(model, tau, noise=epoch < epochs - config.noise_free_epochs)
         model.train()
         t0 = time.perf_counter()
         totals = {"loss": 0.0, "sparsity": 0.0, "correct": 0, "n": 0}
@@ -273,8 +274,7 @@ def _save_state(folder: Path, model: Network, optimizer: torch.optim.Optimizer, 
         for k, v in state.items():
             tensors[f"optim.{i}.{k}"] = torch.as_tensor(v).contiguous()
     atomic_write_bytes(folder / STATE_WEIGHTS, safetensors.torch.save(tensors))
-    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in opt["param_groups"]]
-    atomic_write_json(folder / STATE_META, {"epoch": epoch, "config": cfg, "param_groups": groups})
+    atomic_write_json(folder / STATE_META, {"epoch": epoch, "config": cfg, "param_groups": opt["param_groups"]})
 
 
 def _resume(folder: Path, model: Network, optimizer: torch.optim.Optimizer, cfg: dict, log) -> int:

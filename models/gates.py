@@ -93,6 +93,7 @@ class GatedConv(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
         self.tau = 1.0  # Gumbel-softmax temperature, set by the trainer (not a parameter)
+        self.noise = True  # training samples with Gumbel noise; False: argmax, as at inference
         if gated:
             self.decision = DecisionUnit(in_channels, num_actions)
             self.bank = MaskBank(num_actions, out_channels)
@@ -110,7 +111,7 @@ class GatedConv(nn.Module):
             return y
         logits = self.decision(x)
         if self.training:
-            one_hot = F.gumbel_softmax(logits, tau=self.tau, hard=True)
+            one_hot = _straight_through(logits, self.tau, noise=self.noise)
             action = one_hot.argmax(dim=1)
             mask = self.bank(one_hot)
         else:
@@ -119,6 +120,15 @@ class GatedConv(nn.Module):
         if decisions is not None:
             decisions.append(Decision(logits=logits, action=action, mask=mask))
         return y * mask[:, :, None, None]
+
+
+def _straight_through(logits: torch.Tensor, tau: float, *, noise: bool) -> torch.Tensor:
+    """A one-hot (B, K) action whose gradient is that of softmax(logits (+ Gumbel noise) / tau)."""
+    if noise:
+        return F.gumbel_softmax(logits, tau=tau, hard=True)
+    soft = F.softmax(logits / tau, dim=1)
+    hard = F.one_hot(soft.argmax(dim=1), soft.shape[1]).to(soft.dtype)
+    return hard - soft.detach() + soft
 
 
 def gated_convs(model: nn.Module) -> list[GatedConv]:
@@ -133,7 +143,9 @@ def constrain_(model: nn.Module) -> None:
             m.constrain_()
 
 
-def set_tau(model: nn.Module, tau: float) -> None:
-    """Set the Gumbel-softmax temperature of every gated layer."""
+def set_tau(model: nn.Module, tau: float, *, noise: bool = True) -> None:
+    """Set the Gumbel-softmax temperature of every gated layer, and whether training samples
+    with Gumbel noise (``noise=False`` trains on the argmax actions used at inference)."""
     for m in gated_convs(model):
         m.tau = tau
+        m.noise = noise

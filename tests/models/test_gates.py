@@ -67,3 +67,13 @@ def test_set_tau_reaches_every_gated_layer():
     net = create_model("vgg11", gated=True)
     set_tau(net, 0.25)
     assert {g.tau for g in gated_convs(net)} == {0.25}
+
+
+def test_noise_free_training_takes_the_argmax_and_still_passes_gradients():
+    layer = _layer().train()
+    set_tau(layer, 0.5, noise=False)
+    decisions = []
+    layer(torch.rand(16, 3, 8, 8), decisions).sum().backward()
+    d = decisions[0]
+    assert torch.equal(d.action, d.logits.argmax(1))
+    assert layer.decision.linear.weight.grad.abs().sum() > 0
