@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -151,27 +152,9 @@ def _run_phase(
         loader_gen.manual_seed(config.seed * 1000 + PHASES.index(phase) * 100 + epoch)
         tau = config.tau + (config.tau_final - config.tau) * epoch / max(1, epochs - 1)
         set_tau(model, tau, noise=epoch < epochs - config.noise_free_epochs)
-        model.train()
         t0 = time.perf_counter()
-        totals = {"loss": 0.0, "sparsity": 0.0, "correct": 0, "n": 0}
         bar = tqdm(loader, desc=f"{phase} {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for i, (x, y) in enumerate(bar):
-            step = epoch * len(loader) + i
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))
-            x = augment_batch(x, train_split.augment)
-            logits, decisions = model.decide(x)
-            loss = F.cross_entropy(logits, y)
-            penalty = sparsity(decisions) if sparsity else torch.zeros(())
-            optimizer.zero_grad(set_to_none=True)
-            (loss + penalty).backward()
-            optimizer.step()
-            constrain_(model)
-            totals["loss"] += loss.item() * len(y)
-            totals["sparsity"] += penalty.item() * len(y)
-            totals["correct"] += int((logits.argmax(1) == y).sum())
-            totals["n"] += len(y)
-            bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.3f}", acc=f"{totals['correct'] / totals['n']:.3f}")
+        totals = _train_epoch(model, bar, optimizer, sparsity, train_split.augment, epoch * len(loader), steps)
         test = collect(model, test_split, batch_size=config.eval_batch_size)
         record = {
             "phase": phase, "epoch": epoch + 1, "epochs": epochs, "tau": round(tau, 4) if sparsity else None,
@@ -180,23 +163,47 @@ def _run_phase(
             "test_macs_ratio": float(test.macs_ratio.mean()), "seconds": time.perf_counter() - t0,
         }
         _append_log(folder, record)
+        _save_state(folder, model, optimizer, cfg, epoch + 1)
         log(
             f"{phase} epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.4f} train acc "
             f"{record['train_acc']:.4f} test acc {test.accuracy:.4f} MACs ratio {record['test_macs_ratio']:.3f} "
             f"({record['seconds']:.1f}s)"
         )
-        _save_state(folder, model, optimizer, cfg, epoch + 1)
 
     test = collect(model, test_split, batch_size=config.eval_batch_size)
     metrics = {"test_accuracy": test.accuracy, "test_images": len(test.labels), "macs_ratio": macs_summary(test),
                "ungated_macs": test.ungated_macs}
     training = {"config": cfg, "phase": phase, "seed": config.seed, "tau": [config.tau, config.tau_final],
-                "epochs": epochs, "command": command, "seconds": time.perf_counter() - t_start}
+                "epochs": epochs, "command": command, "seconds": time.perf_counter() - t_start,
+                "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"}
     meta = save_run(folder, model, _meta(config, train_split, gated=phase == "dynamic", training=training, metrics=metrics))
     (folder / STATE_WEIGHTS).unlink(missing_ok=True)
     (folder / STATE_META).unlink(missing_ok=True)
     log(f"{phase}: saved {folder} (test accuracy {test.accuracy:.4f})")
     return meta
+
+
+def _train_epoch(model, batches, optimizer, sparsity, augment: str, first_step: int, steps: int) -> dict:
+    """One pass over ``batches`` with cosine-annealed learning rates; returns loss and accuracy sums."""
+    model.train()
+    totals = {"loss": 0.0, "sparsity": 0.0, "correct": 0, "n": 0}
+    for step, (x, y) in enumerate(batches, start=first_step):
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))
+        logits, decisions = model.decide(augment_batch(x, augment))
+        loss = F.cross_entropy(logits, y)
+        penalty = sparsity(decisions) if sparsity else torch.zeros(())
+        optimizer.zero_grad(set_to_none=True)
+        (loss + penalty).backward()
+        optimizer.step()
+        constrain_(model)  # clamp the masks, renormalise the decision rows
+        totals["loss"] += loss.item() * len(y)
+        totals["sparsity"] += penalty.item() * len(y)
+        totals["correct"] += int((logits.argmax(1) == y).sum())
+        totals["n"] += len(y)
+        if hasattr(batches, "set_postfix"):
+            batches.set_postfix(loss=f"{totals['loss'] / totals['n']:.3f}", acc=f"{totals['correct'] / totals['n']:.3f}")
+    return totals
 
 
 def _optimizer(model: Network, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -277,6 +284,14 @@ def _save_state(folder: Path, model: Network, optimizer: torch.optim.Optimizer, 
     atomic_write_json(folder / STATE_META, {"epoch": epoch, "config": cfg, "param_groups": opt["param_groups"]})
 
 
+def _epoch_of(line: str) -> int:
+    """The epoch a log line records; a line cut short by a kill counts as never written."""
+    try:
+        return int(json.loads(line)["epoch"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return 1 << 30
+
+
 def _resume(folder: Path, model: Network, optimizer: torch.optim.Optimizer, cfg: dict, log) -> int:
     """Load a saved state if there is one for this config; returns the epoch to start from."""
     meta_file, weights_file = folder / STATE_META, folder / STATE_WEIGHTS
@@ -296,7 +311,7 @@ def _resume(folder: Path, model: Network, optimizer: torch.optim.Optimizer, cfg:
     optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
     epoch = int(state["epoch"])
     lines = (folder / LOG).read_text().splitlines() if (folder / LOG).exists() else []
-    kept = [ln for ln in lines if json.loads(ln)["epoch"] <= epoch]
+    kept = [ln for ln in lines if _epoch_of(ln) <= epoch]
     atomic_write_bytes(folder / LOG, "".join(ln + "\n" for ln in kept).encode())
     log(f"{folder.name}: resuming after epoch {epoch}")
     return epoch

@@ -6,7 +6,8 @@ import torch
 from analysis import TrainConfig, TrainError, train
 from models import load_run
 
-QUICK = TrainConfig(pretrain_epochs=1, finetune_epochs=2, noise_free_epochs=1, num_actions=4, lam=3.0, target=0.6)
+QUICK = TrainConfig(pretrain_epochs=1, finetune_epochs=2, noise_free_epochs=1, num_actions=4,
+                    gate_lr=0.1, lam=10.0, target=0.6)
 
 
 class _Stop(Exception):
