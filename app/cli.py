@@ -105,7 +105,7 @@ def _app(args: argparse.Namespace) -> int:
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT),
         "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
-        "--server.maxUploadSize", str(args.max_upload_mb), "--browser.gatherUsageStats", "false",
+        "--server.maxUploadSize", str(args.max_upload_mb), "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
         "--", *map(str, runs),
     ]
     print(f"gatescope: serving http://{args.host}:{args.port}", flush=True)

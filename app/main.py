@@ -2,6 +2,6 @@
 
 import streamlit as st
 
-st.set_page_config(page_title="gatescope", page_icon=":material/hub:", layout="wide")
-pages = [st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True)]
+st.set_page_config(page_title="gatescope", layout="wide")  # no icons: Streamlit fetches them from the web
+pages = [st.Page("pages/overview.py", title="Overview", default=True)]
 st.navigation(pages).run()

@@ -52,6 +52,6 @@ def training_log(run: Run) -> pd.DataFrame:
 def sidebar() -> tuple[Run, str]:
     """The run and split chosen in the sidebar."""
     paths = run_paths()
-    path = st.sidebar.selectbox("Run", paths, format_func=lambda p: Path(p).name or p, key="run")
+    path = st.sidebar.selectbox("Run", paths, format_func=lambda p: "/".join(Path(p).parts[-2:]), key="run")
     split = st.sidebar.radio("Split", ["test", "train"], horizontal=True, key="split")
     return get_run(path), split

@@ -5,7 +5,7 @@
 >>> cost_model(net, (1, 28, 28)).static_macs
 """
 
-from . import resnet, small_cnn, vgg  # noqa: F401  (register the architectures)
+from . import chain, resnet  # noqa: F401  (register the architectures)
 from .checkpoint import Run, RunError, RunMeta, build_model, load_run, read_meta, save_run
 from .gates import Decision, DecisionUnit, GatedConv, MaskBank, constrain_, gated_convs, set_tau
 from .macs import CostModel, LayerCost, active_channels, cost_model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,12 +38,12 @@ class ResNet(Network):
         self,
         depth: int,
         *,
-        gated: bool,
-        num_classes: int,
-        in_channels: int,
-        num_actions: int,
-        mean: tuple[float, ...] | None,
-        std: tuple[float, ...] | None,
+        gated: bool = True,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        num_actions: int = 40,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
     ):
         super().__init__(in_channels=in_channels, mean=mean, std=std)
         n = (depth - 2) // 6
@@ -73,24 +75,5 @@ class ResNet(Network):
         return links
 
 
-def _builder(depth: int):
-    def build(
-        *,
-        gated: bool = True,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        num_actions: int = 40,
-        mean: tuple[float, ...] | None = None,
-        std: tuple[float, ...] | None = None,
-    ) -> ResNet:
-        return ResNet(
-            depth, gated=gated, num_classes=num_classes, in_channels=in_channels,
-            num_actions=num_actions, mean=mean, std=std,
-        )
-
-    build.__doc__ = f"CIFAR-style ResNet-{depth} (16-32-64 channels, 1x1 projection shortcuts)."
-    return register_model(f"resnet{depth}")(build)
-
-
-resnet20 = _builder(20)
-resnet56 = _builder(56)
+register_model("resnet20")(partial(ResNet, 20))
+register_model("resnet56")(partial(ResNet, 56))

@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 
 import pytest
@@ -11,7 +12,7 @@ pytestmark = pytest.mark.app
 
 def _app(monkeypatch, *runs) -> AppTest:
     if runs:
-        monkeypatch.setenv("GATESCOPE_RUNS", ":".join(map(str, runs)))
+        monkeypatch.setenv("GATESCOPE_RUNS", os.pathsep.join(map(str, runs)))
     else:
         monkeypatch.delenv("GATESCOPE_RUNS", raising=False)
     at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=120)

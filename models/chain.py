@@ -1,0 +1,67 @@
+"""Plain chains of 3x3 convs with max-pools, global average pooling and one linear layer:
+the default ``small_cnn`` (28x28 grayscale) and CIFAR-style VGG-11/16 with BatchNorm.
+Every conv but the first can be gated."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .gates import Decision, GatedConv
+from .network import Link, Network
+from .registry import register_model
+
+# conv widths; "M" is a 2x2 max-pool after the conv before it
+SMALL_CNN = (16, "M", 32, 64, "M", 64, 128)  # 28x28 -> 14x14 -> 7x7, about 10M MACs
+VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class ConvChain(Network):
+    def __init__(
+        self,
+        config: tuple,
+        *,
+        gated: bool = True,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        num_actions: int = 40,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+    ):
+        super().__init__(in_channels=in_channels, mean=mean, std=std)
+        convs, pools, c_in = [], [], in_channels
+        for item in config:
+            if item == "M":
+                pools[-1] = True
+                continue
+            convs.append(GatedConv(c_in, item, gated=gated and bool(convs), num_actions=num_actions))
+            pools.append(False)
+            c_in = item
+        self.convs = nn.ModuleList(convs)
+        self._pools = pools
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def body(self, x: torch.Tensor, decisions: list[Decision] | None) -> torch.Tensor:
+        for conv, pool in zip(self.convs, self._pools):
+            x = F.relu(conv(x, decisions))
+            if pool:
+                x = F.max_pool2d(x, 2)
+        return self.fc(x.mean(dim=(2, 3)))
+
+    def links(self) -> list[Link]:
+        links, prev = [], None
+        for i, conv in enumerate(self.convs):
+            gate = conv if conv.gated else None
+            links.append(Link(f"convs.{i}.conv", conv.conv, prev, gate))
+            prev = gate
+        links.append(Link("fc", self.fc, prev, None))
+        return links
+
+
+register_model("small_cnn")(partial(ConvChain, SMALL_CNN, in_channels=1))
+register_model("vgg11")(partial(ConvChain, VGG11))
+register_model("vgg16")(partial(ConvChain, VGG16))
