@@ -30,13 +30,14 @@ from tqdm.auto import tqdm
 
 from models import (
     Network, RunMeta, active_channels, build_model, constrain_, cost_model, gated_convs, load_run,
-    save_run, set_tau,
+    save_run, set_tau, update_metrics,
 )
 from models.files import atomic_write_bytes, atomic_write_json
 
 from .augment import augment_batch
 from .datasets import DatasetSplit, load_dataset
 from .evaluation import collect, macs_summary
+from .report import run_report
 
 PHASES = ("pretrained", "baseline", "dynamic")
 STATE_WEIGHTS = "train_state.safetensors"
@@ -99,6 +100,11 @@ def train(
             phase, model, config, train_split, test_split, out / phase, progress=progress, log=log,
             command=command,
         )
+    # the figures that say whether the dynamic network is worth it, kept with it
+    report = run_report(load_run(out / "dynamic"), baseline=load_run(out / "baseline"))
+    metas["dynamic"] = update_metrics(out / "dynamic", {
+        key: report[key] for key in ("baseline", "accuracy_gap", "diversity", "probe_log_probs", "probe_one_hot_paths")
+    })
     return metas
 
 

@@ -6,7 +6,7 @@
 """
 
 from . import chain, resnet  # noqa: F401  (register the architectures)
-from .checkpoint import Run, RunError, RunMeta, build_model, load_run, read_meta, save_run
+from .checkpoint import Run, RunError, RunMeta, build_model, load_run, read_meta, save_run, update_metrics
 from .gates import Decision, DecisionUnit, GatedConv, MaskBank, constrain_, gated_convs, set_tau
 from .macs import CostModel, LayerCost, active_channels, cost_model
 from .network import Link, Network
@@ -16,5 +16,5 @@ __all__ = [
     "CostModel", "Decision", "DecisionUnit", "GatedConv", "LayerCost", "Link", "MaskBank",
     "Network", "Run", "RunError", "RunMeta", "active_channels", "build_model", "constrain_",
     "cost_model", "create_model", "gated_convs", "list_models", "load_run", "read_meta",
-    "register_model", "save_run", "set_tau",
+    "register_model", "save_run", "set_tau", "update_metrics",
 ]

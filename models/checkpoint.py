@@ -75,6 +75,14 @@ def save_run(path: str | Path, model: Network, meta: RunMeta) -> RunMeta:
     return meta
 
 
+def update_metrics(path: str | Path, metrics: dict[str, Any]) -> RunMeta:
+    """Merge ``metrics`` into a saved run's model.json (weights untouched); returns the new meta."""
+    meta = read_meta(path)
+    meta = RunMeta(**{**asdict(meta), "metrics": {**meta.metrics, **metrics}})
+    atomic_write_json(Path(path) / META, {"format": FORMAT, **asdict(meta)})
+    return meta
+
+
 def read_meta(path: str | Path) -> RunMeta:
     """Read and check ``model.json`` of a run folder without touching the weights."""
     path = Path(path)

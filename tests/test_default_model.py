@@ -19,6 +19,9 @@ def test_recorded_metrics_are_recomputed_from_the_shipped_weights(report):
     assert report["macs_ratio"]["mean"] == pytest.approx(meta.metrics["macs_ratio"]["mean"], rel=1e-9)
     base = load_run(BASELINE_RUN).meta
     assert report["baseline"]["test_accuracy"] == pytest.approx(base.metrics["test_accuracy"], abs=1e-9)
+    assert report["diversity"] == meta.metrics["diversity"]
+    assert report["probe_log_probs"] == pytest.approx(meta.metrics["probe_log_probs"], abs=1e-9)
+    assert report["probe_one_hot_paths"] == pytest.approx(meta.metrics["probe_one_hot_paths"], abs=1e-9)
 
 
 def test_accuracy_is_high_and_close_to_the_ungated_baseline(report):
