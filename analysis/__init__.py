@@ -2,7 +2,8 @@
 
 from .datasets import DatasetError, DatasetSplit, list_datasets, load_dataset, register_dataset
 from .evaluation import Outputs, collect, decision_features, macs_summary, one_hot_paths, path_diversity
-from .training import TrainConfig, TrainError, train
+from .trainer import TrainError
+from .training import TrainConfig, train
 
 __all__ = [
     "DatasetError", "DatasetSplit", "Outputs", "TrainConfig", "TrainError", "collect",

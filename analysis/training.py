@@ -1,48 +1,32 @@
-"""Training: an ungated baseline and a dynamic network from one shared pre-training.
+"""Training recipe: an ungated baseline and a dynamic network from one shared pre-training.
 
 Three phases, each its own run folder under the output folder:
 
 1. ``pretrained``: the ungated network trained from random weights;
 2. ``baseline``: ``pretrained`` trained ``finetune_epochs`` more, still ungated;
 3. ``dynamic``: ``pretrained``'s weights plus decision units and mask banks, trained the same
-   ``finetune_epochs`` with a sparsity term, so baseline and dynamic share the same budget.
-
-Every epoch appends a line to the phase's ``train_log.jsonl`` and atomically saves a resumable
-state (weights + optimiser in safetensors, counters in JSON); a finished phase is skipped when
-the command is run again with the same config.
+   ``finetune_epochs`` with a path-diversity and a sparsity term, so baseline and dynamic
+   share the same budget.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import platform
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import safetensors.torch
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from models import (
-    Network, RunMeta, active_channels, build_model, constrain_, cost_model, gated_convs, load_run,
-    save_run, set_tau, update_metrics,
+    Decision, Network, RunMeta, active_channels, build_model, cost_model, gated_convs, load_run, set_tau,
+    update_metrics,
 )
-from models.files import atomic_write_bytes, atomic_write_json
 
-from .augment import augment_batch
 from .datasets import DatasetSplit, load_dataset
-from .evaluation import collect, macs_summary
 from .report import run_report
+from .trainer import Phase, TrainError, run_phase
 
 PHASES = ("pretrained", "baseline", "dynamic")
-STATE_WEIGHTS = "train_state.safetensors"
-STATE_META = "train_state.json"
-LOG = "train_log.jsonl"
 
 
 @dataclass(frozen=True)
@@ -70,10 +54,6 @@ class TrainConfig:
     eval_batch_size: int = 500
 
 
-class TrainError(Exception):
-    """A training run that cannot start or resume; the message says why."""
-
-
 def train(
     config: TrainConfig, out: str | Path, *, progress: bool = True, log: Callable[[str], None] = print,
     command: str = "",
@@ -87,18 +67,12 @@ def train(
     out = Path(out)
     train_split = load_dataset(config.dataset, "train")
     test_split = load_dataset(config.dataset, "test")
-    if len(train_split) == 0 or len(test_split) == 0:
-        raise TrainError(f"{config.dataset}: a split has no images")
     metas: dict[str, RunMeta] = {}
-    torch.manual_seed(config.seed)
-    for phase in PHASES:
-        gated = phase == "dynamic"
-        model = _new_model(config, train_split, gated=gated)
-        if phase != "pretrained":
-            model.load_state_dict(load_run(out / "pretrained").model.state_dict(), strict=False)
-        metas[phase] = _run_phase(
-            phase, model, config, train_split, test_split, out / phase, progress=progress, log=log,
-            command=command,
+    for phase_name in PHASES:
+        phase = _phase(phase_name, config, train_split, out)
+        metas[phase_name] = run_phase(
+            phase, train_split, test_split, out / phase_name, batch_size=config.batch_size, progress=progress,
+            log=log, command=command,
         )
     # the figures that say whether the dynamic network is worth it, kept with it
     report = run_report(load_run(out / "dynamic"), baseline=load_run(out / "baseline"))
@@ -108,121 +82,57 @@ def train(
     return metas
 
 
-def _new_model(config: TrainConfig, split: DatasetSplit, *, gated: bool) -> Network:
-    meta = _meta(config, split, gated=gated)
-    torch.manual_seed(config.seed)
-    return build_model(meta)
-
-
-def _meta(config: TrainConfig, split: DatasetSplit, *, gated: bool, **extra) -> RunMeta:
+def run_meta(arch: str, split: DatasetSplit, **arch_args) -> RunMeta:
+    """The metadata of a network of ``arch`` for ``split`` (before training)."""
     return RunMeta(
-        arch=config.arch,
-        arch_args={
-            "gated": gated, "num_classes": len(split.class_names), "in_channels": split.input_shape[0],
-            "num_actions": config.num_actions,
-        },
-        dataset=config.dataset,
+        arch=arch,
+        arch_args={"num_classes": len(split.class_names), "in_channels": split.input_shape[0], **arch_args},
+        dataset=split.spec,
         class_names=list(split.class_names),
         input_shape=list(split.input_shape),
         mean=list(split.mean),
         std=list(split.std),
-        **extra,
     )
 
 
-def _run_phase(
-    phase: str, model: Network, config: TrainConfig, train_split: DatasetSplit,
-    test_split: DatasetSplit, folder: Path, *, progress: bool, log: Callable[[str], None], command: str,
-) -> RunMeta:
-    cfg = asdict(config)
-    done = folder / "model.json"
-    if done.is_file() and not (folder / STATE_META).exists():
-        meta = load_run(folder).meta
-        if meta.training.get("config") == cfg:
-            log(f"{phase}: already trained in {folder}, skipping")
-            return meta
-        raise TrainError(f"{folder} holds a run trained with another config; choose another output folder")
+def _phase(name: str, config: TrainConfig, split: DatasetSplit, out: Path) -> Phase:
+    gated = name == "dynamic"
+    meta = run_meta(config.arch, split, gated=gated, num_actions=config.num_actions)
+    meta = RunMeta(**{**asdict(meta), "training": {"seed": config.seed, "tau": [config.tau, config.tau_final]}})
+    torch.manual_seed(config.seed)
+    model = build_model(meta)
+    if name != "pretrained":
+        model.load_state_dict(load_run(out / "pretrained").model.state_dict(), strict=False)
+    epochs = config.pretrain_epochs if name == "pretrained" else config.finetune_epochs
+    lr = config.lr if name == "pretrained" else config.finetune_lr
+    phase = Phase(
+        name=name, model=model, optimizer=adamw(model, lr, config.weight_decay, config.gate_lr), epochs=epochs,
+        seed=config.seed * 1000 + PHASES.index(name) * 100, config=asdict(config), meta=meta,
+        eval_batch_size=config.eval_batch_size,
+    )
+    if gated:
+        phase.penalty = _DynamicPenalty(model, config, split.input_shape)
 
-    epochs = config.pretrain_epochs if phase == "pretrained" else config.finetune_epochs
-    base_lr = config.lr if phase == "pretrained" else config.finetune_lr
-    optimizer = _optimizer(model, config, base_lr)
-    start = _resume(folder, model, optimizer, cfg, log)
-    loader_gen = torch.Generator()
-    loader = DataLoader(train_split.dataset, batch_size=config.batch_size, shuffle=True, generator=loader_gen, drop_last=True)
-    sparsity = _Sparsity(model, config, train_split.input_shape) if phase == "dynamic" else None
-    steps = epochs * len(loader)
-    t_start = time.perf_counter()
-    for epoch in range(start, epochs):
-        # every epoch reseeds from (seed, phase, epoch): a resumed run repeats the same samples
-        torch.manual_seed(config.seed * 1000 + PHASES.index(phase) * 100 + epoch)
-        loader_gen.manual_seed(config.seed * 1000 + PHASES.index(phase) * 100 + epoch)
-        tau = config.tau + (config.tau_final - config.tau) * epoch / max(1, epochs - 1)
-        set_tau(model, tau, noise=epoch < epochs - config.noise_free_epochs)
-        t0 = time.perf_counter()
-        bar = tqdm(loader, desc=f"{phase} {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        totals = _train_epoch(model, bar, optimizer, sparsity, train_split.augment, epoch * len(loader), steps)
-        test = collect(model, test_split, batch_size=config.eval_batch_size)
-        record = {
-            "phase": phase, "epoch": epoch + 1, "epochs": epochs, "tau": round(tau, 4) if sparsity else None,
-            "train_loss": totals["loss"] / totals["n"], "train_sparsity": totals["sparsity"] / totals["n"],
-            "train_acc": totals["correct"] / totals["n"], "test_acc": test.accuracy,
-            "test_macs_ratio": float(test.macs_ratio.mean()), "seconds": time.perf_counter() - t0,
-        }
-        _append_log(folder, record)
-        _save_state(folder, model, optimizer, cfg, epoch + 1)
-        log(
-            f"{phase} epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.4f} train acc "
-            f"{record['train_acc']:.4f} test acc {test.accuracy:.4f} MACs ratio {record['test_macs_ratio']:.3f} "
-            f"({record['seconds']:.1f}s)"
-        )
+        def before_epoch(epoch: int) -> None:
+            tau = config.tau + (config.tau_final - config.tau) * epoch / max(1, epochs - 1)
+            set_tau(model, tau, noise=epoch < epochs - config.noise_free_epochs)
 
-    test = collect(model, test_split, batch_size=config.eval_batch_size)
-    metrics = {"test_accuracy": test.accuracy, "test_images": len(test.labels), "macs_ratio": macs_summary(test),
-               "ungated_macs": test.ungated_macs}
-    training = {"config": cfg, "phase": phase, "seed": config.seed, "tau": [config.tau, config.tau_final],
-                "epochs": epochs, "command": command, "seconds": time.perf_counter() - t_start,
-                "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"}
-    meta = save_run(folder, model, _meta(config, train_split, gated=phase == "dynamic", training=training, metrics=metrics))
-    (folder / STATE_WEIGHTS).unlink(missing_ok=True)
-    (folder / STATE_META).unlink(missing_ok=True)
-    log(f"{phase}: saved {folder} (test accuracy {test.accuracy:.4f})")
-    return meta
+        phase.before_epoch = before_epoch
+    return phase
 
 
-def _train_epoch(model, batches, optimizer, sparsity, augment: str, first_step: int, steps: int) -> dict:
-    """One pass over ``batches`` with cosine-annealed learning rates; returns loss and accuracy sums."""
-    model.train()
-    totals = {"loss": 0.0, "sparsity": 0.0, "correct": 0, "n": 0}
-    for step, (x, y) in enumerate(batches, start=first_step):
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))
-        logits, decisions = model.decide(augment_batch(x, augment))
-        loss = F.cross_entropy(logits, y)
-        penalty = sparsity(decisions) if sparsity else torch.zeros(())
-        optimizer.zero_grad(set_to_none=True)
-        (loss + penalty).backward()
-        optimizer.step()
-        constrain_(model)  # clamp the masks, renormalise the decision rows
-        totals["loss"] += loss.item() * len(y)
-        totals["sparsity"] += penalty.item() * len(y)
-        totals["correct"] += int((logits.argmax(1) == y).sum())
-        totals["n"] += len(y)
-        if hasattr(batches, "set_postfix"):
-            batches.set_postfix(loss=f"{totals['loss'] / totals['n']:.3f}", acc=f"{totals['correct'] / totals['n']:.3f}")
-    return totals
-
-
-def _optimizer(model: Network, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
+def adamw(model: Network, lr: float, weight_decay: float, gate_lr: float) -> torch.optim.Optimizer:
+    """AdamW over the weights; decision units and mask banks get ``gate_lr`` and no decay."""
     gate_params = {id(p) for g in gated_convs(model) for p in (*g.decision.parameters(), *g.bank.parameters())}
-    weights = [p for p in model.parameters() if id(p) not in gate_params]
+    weights = [p for p in model.parameters() if id(p) not in gate_params and p.requires_grad]
     gates = [p for p in model.parameters() if id(p) in gate_params]
-    groups = [{"params": weights, "base_lr": lr, "weight_decay": config.weight_decay}]
+    groups = [{"params": weights, "base_lr": lr, "weight_decay": weight_decay}]
     if gates:
-        groups.append({"params": gates, "base_lr": config.gate_lr, "weight_decay": 0.0})
+        groups.append({"params": gates, "base_lr": gate_lr, "weight_decay": 0.0})
     return torch.optim.AdamW(groups, lr=lr)
 
 
-class _Sparsity:
+class _DynamicPenalty:
     """The extra terms of the dynamic phase: path diversity plus sparsity.
 
     ``reference``: lam * (mean |selected mask| - r)^2 over all gated channels of the batch.
@@ -243,11 +153,11 @@ class _Sparsity:
                 weights[layer.in_gate] += layer.unit_macs * layer.out_channels
         self.weights = (weights / self.costs.ungated_macs).float()  # (L,) per-channel MACs share
 
-    def __call__(self, decisions) -> torch.Tensor:
+    def __call__(self, decisions: list[Decision]) -> torch.Tensor:
         c = self.config
         return c.diversity * _negative_information(decisions) + self._sparsity(decisions)
 
-    def _sparsity(self, decisions) -> torch.Tensor:
+    def _sparsity(self, decisions: list[Decision]) -> torch.Tensor:
         c = self.config
         if c.sparsity == "reference":
             masks = torch.cat([d.mask for d in decisions], dim=1)
@@ -259,7 +169,7 @@ class _Sparsity:
         return c.lam * sum(w * d.mask.sum(dim=1).mean() for w, d in zip(self.weights, decisions))
 
 
-def _negative_information(decisions) -> torch.Tensor:
+def _negative_information(decisions: list[Decision]) -> torch.Tensor:
     """-I(input; action) per gated layer, averaged: mean per-input entropy minus the entropy of
     the batch's mean action distribution. Minimising it keeps each input's choice confident
     and the batch's choices spread, the cure for collapse onto one action."""
@@ -272,52 +182,3 @@ def _negative_information(decisions) -> torch.Tensor:
         marginal = -(marginal_p * marginal_p.clamp_min(1e-12).log()).sum()
         terms.append(conditional - marginal)
     return torch.stack(terms).mean()
-
-
-def _append_log(folder: Path, record: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOG, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _save_state(folder: Path, model: Network, optimizer: torch.optim.Optimizer, cfg: dict, epoch: int) -> None:
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    for i, state in opt["state"].items():
-        for k, v in state.items():
-            tensors[f"optim.{i}.{k}"] = torch.as_tensor(v).contiguous()
-    atomic_write_bytes(folder / STATE_WEIGHTS, safetensors.torch.save(tensors))
-    atomic_write_json(folder / STATE_META, {"epoch": epoch, "config": cfg, "param_groups": opt["param_groups"]})
-
-
-def _epoch_of(line: str) -> int:
-    """The epoch a log line records; a line cut short by a kill counts as never written."""
-    try:
-        return int(json.loads(line)["epoch"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        return 1 << 30
-
-
-def _resume(folder: Path, model: Network, optimizer: torch.optim.Optimizer, cfg: dict, log) -> int:
-    """Load a saved state if there is one for this config; returns the epoch to start from."""
-    meta_file, weights_file = folder / STATE_META, folder / STATE_WEIGHTS
-    if not meta_file.is_file():
-        (folder / LOG).unlink(missing_ok=True)  # a fresh phase starts a fresh log
-        return 0
-    state = json.loads(meta_file.read_text())
-    if state.get("config") != cfg:
-        raise TrainError(f"{meta_file}: an interrupted run with another config; remove {folder} to restart")
-    tensors = safetensors.torch.load_file(weights_file)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    opt_state: dict[int, dict] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, name = k.split(".", 2)
-            opt_state.setdefault(int(i), {})[name] = v
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
-    epoch = int(state["epoch"])
-    lines = (folder / LOG).read_text().splitlines() if (folder / LOG).exists() else []
-    kept = [ln for ln in lines if _epoch_of(ln) <= epoch]
-    atomic_write_bytes(folder / LOG, "".join(ln + "\n" for ln in kept).encode())
-    log(f"{folder.name}: resuming after epoch {epoch}")
-    return epoch

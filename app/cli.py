@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from analysis.scratch import GateConfig, ScratchConfig
     from analysis.training import TrainConfig
 
     parser = argparse.ArgumentParser(prog="gatescope", description=__doc__)
@@ -42,11 +43,30 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train an ungated baseline and a dynamic network",
                        description="Trains OUT/pretrained, OUT/baseline and OUT/dynamic; resumes an interrupted run.")
     p.add_argument("out", type=Path, help="output folder")
-    for f in fields(TrainConfig):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
-                       help=f"(default: {f.default})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_config_options(p, TrainConfig)
     p.set_defaults(func=_train)
+
+    prune = sub.add_parser("prune", help="pruning from scratch: learn gates, search, build, train")
+    psub = prune.add_subparsers(metavar="STEP")
+    p = psub.add_parser("learn-gates", help="learn channel gates on frozen (random) weights into a run folder")
+    p.add_argument("out", type=Path)
+    _add_config_options(p, GateConfig)
+    p.set_defaults(func=_learn_gates)
+    p = psub.add_parser("search", help="print the structure (gates run) or mask threshold (dynamic run) for a target")
+    p.add_argument("run", type=Path)
+    p.add_argument("--target", type=float, default=0.5, help="MACs reduction p (default: 0.5)")
+    p.set_defaults(func=_search)
+    p = psub.add_parser("build", help="build the searched structure as a narrower, untrained run folder")
+    p.add_argument("gates_run", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--target", type=float, default=0.5, help="MACs reduction p (default: 0.5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_build)
+    p = psub.add_parser("train", help="train a built structure from scratch with the Scratch-B budget")
+    p.add_argument("built_run", type=Path)
+    p.add_argument("out", type=Path)
+    _add_config_options(p, ScratchConfig)
+    p.set_defaults(func=_train_pruned)
 
     p = sub.add_parser("report", help="accuracy, MACs and path diversity of a run")
     p.add_argument("run", type=Path)
@@ -67,15 +87,76 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_config_options(parser: argparse.ArgumentParser, config_cls) -> None:
+    """One --option per field of a config dataclass, with its default."""
+    for f in fields(config_cls):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                            help=f"(default: {f.default!r})")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config(config_cls, args: argparse.Namespace):
+    return config_cls(**{f.name: getattr(args, f.name) for f in fields(config_cls)})
+
+
+def _command() -> str:
+    return "gatescope " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
 def _train(args: argparse.Namespace) -> int:
     from analysis.training import TrainConfig, train
 
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    command = "gatescope " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    metas = train(config, args.out, progress=not args.no_progress, command=command)
+    metas = train(_config(TrainConfig, args), args.out, progress=not args.no_progress, command=_command())
     for phase, meta in metas.items():
         print(f"{phase}: test accuracy {meta.metrics['test_accuracy']:.4f}, "
               f"mean MACs ratio {meta.metrics['macs_ratio']['mean']:.3f} -> {args.out / phase}")
+    return 0
+
+
+def _learn_gates(args: argparse.Namespace) -> int:
+    from analysis.scratch import GateConfig, learn_gates
+
+    meta = learn_gates(_config(GateConfig, args), args.out, progress=not args.no_progress, command=_command())
+    print(f"gates learned -> {args.out} (test accuracy with frozen weights {meta.metrics['test_accuracy']:.4f})")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from analysis.pruning import MaskSearch, mask_banks
+    from analysis.scratch import search_structure
+    from models import cost_model, load_run
+
+    run = load_run(args.run)
+    if run.meta.arch_args.get("channel_gates"):
+        s = search_structure(args.run, args.target)
+        print(f"{s.message}\nwidths {s.widths} (of {s.full_widths})\nMACs {s.macs:,.0f} of {s.full_macs:,.0f}; "
+              f"params {s.params:,.0f} of {s.full_params:,.0f}")
+    elif run.meta.arch_args.get("gated"):
+        from analysis import collect, load_dataset
+
+        out = collect(run.model, load_dataset(run.meta.dataset, "test"))
+        t = MaskSearch(cost_model(run.model, tuple(run.meta.input_shape)), mask_banks(run.model), out.paths)(args.target)
+        print(t.message)
+    else:
+        print(f"gatescope: error: {args.run} has neither channel gates nor mask banks", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from analysis.scratch import build_pruned
+
+    structure, _ = build_pruned(args.gates_run, args.target, args.out, seed=args.seed)
+    print(f"{structure.message}; widths {structure.widths} -> {args.out} (untrained)")
+    return 0
+
+
+def _train_pruned(args: argparse.Namespace) -> int:
+    from analysis.scratch import ScratchConfig, train_pruned
+
+    meta = train_pruned(args.built_run, args.out, _config(ScratchConfig, args), progress=not args.no_progress,
+                        command=_command())
+    print(f"trained from scratch -> {args.out}: test accuracy {meta.metrics['test_accuracy']:.4f}")
     return 0
 
 

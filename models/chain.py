@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gates import Decision, GatedConv
-from .network import Link, Network
+from .network import Link, Network, check_widths
 from .registry import register_model
 
 # conv widths; "M" is a 2x2 max-pool after the conv before it
@@ -31,16 +31,22 @@ class ConvChain(Network):
         num_actions: int = 40,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
+        widths: list[int] | None = None,
+        channel_gates: bool = False,
     ):
         super().__init__(in_channels=in_channels, mean=mean, std=std)
+        default = [c for c in config if c != "M"]
+        widths = check_widths(widths, default)
         convs, pools, c_in = [], [], in_channels
         for item in config:
             if item == "M":
                 pools[-1] = True
                 continue
-            convs.append(GatedConv(c_in, item, gated=gated and bool(convs), num_actions=num_actions))
+            c_out = widths[len(convs)]
+            convs.append(GatedConv(c_in, c_out, gated=gated and bool(convs), num_actions=num_actions,
+                                   channel_gate=channel_gates))
             pools.append(False)
-            c_in = item
+            c_in = c_out
         self.convs = nn.ModuleList(convs)
         self._pools = pools
         self.fc = nn.Linear(c_in, num_classes)
@@ -55,9 +61,8 @@ class ConvChain(Network):
     def links(self) -> list[Link]:
         links, prev = [], None
         for i, conv in enumerate(self.convs):
-            gate = conv if conv.gated else None
-            links.append(Link(f"convs.{i}.conv", conv.conv, prev, gate))
-            prev = gate
+            links.append(Link(f"convs.{i}.conv", conv.conv, prev, conv))
+            prev = conv
         links.append(Link("fc", self.fc, prev, None))
         return links
 

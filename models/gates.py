@@ -88,12 +88,15 @@ class GatedConv(nn.Module):
         stride: int = 1,
         gated: bool = False,
         num_actions: int = 40,
+        channel_gate: bool = False,
     ):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(out_channels)
         self.tau = 1.0  # Gumbel-softmax temperature, set by the trainer (not a parameter)
         self.noise = True  # training samples with Gumbel noise; False: argmax, as at inference
+        # pruning from scratch: one scalar gate per output channel, in [0, 1], initialised to 1
+        self.gate = nn.Parameter(torch.ones(out_channels)) if channel_gate else None
         if gated:
             self.decision = DecisionUnit(in_channels, num_actions)
             self.bank = MaskBank(num_actions, out_channels)
@@ -107,6 +110,8 @@ class GatedConv(nn.Module):
 
     def forward(self, x: torch.Tensor, decisions: list[Decision] | None = None) -> torch.Tensor:
         y = self.bn(self.conv(x))
+        if self.gate is not None:
+            y = y * self.gate[:, None, None]
         if self.bank is None:
             return y
         logits = self.decision(x)
@@ -137,10 +142,13 @@ def gated_convs(model: nn.Module) -> list[GatedConv]:
 
 
 def constrain_(model: nn.Module) -> None:
-    """Re-apply the clamps and norms of every decision unit and mask bank (after a step)."""
+    """Re-apply the clamps and norms of every decision unit, mask bank and channel gate."""
     for m in model.modules():
         if isinstance(m, (DecisionUnit, MaskBank)):
             m.constrain_()
+        elif isinstance(m, GatedConv) and m.gate is not None:
+            with torch.no_grad():
+                m.gate.clamp_(0.0, 1.0)
 
 
 def set_tau(model: nn.Module, tau: float, *, noise: bool = True) -> None:

@@ -12,16 +12,18 @@ from .gates import Decision, GatedConv
 
 @dataclass(frozen=True)
 class Link:
-    """A costed layer (conv or linear) and the gates that switch its channels off.
+    """A costed layer (conv or linear) and where its input and output channels come from.
 
-    ``in_gate`` masks the layer's input channels, ``out_gate`` its output channels; ``None``
-    means that side is never gated (the residual stream, the image, the logits).
+    ``in_source`` / ``out_source`` is the :class:`GatedConv` whose output channels this layer
+    reads / writes, or ``None`` when those channels can never be switched off (the image, the
+    residual stream, the logits). A source that is gated switches channels off per input; every
+    source is a place where pruning may remove channels.
     """
 
     name: str
     module: nn.Module
-    in_gate: GatedConv | None
-    out_gate: GatedConv | None
+    in_source: GatedConv | None
+    out_source: GatedConv | None
 
 
 class Network(nn.Module):
@@ -57,3 +59,15 @@ class Network(nn.Module):
     def links(self) -> list[Link]:
         """Every conv and linear layer of the body with its input and output gates."""
         raise NotImplementedError
+
+
+def check_widths(widths: list[int] | None, default: list[int]) -> list[int]:
+    """``widths`` (one per prunable layer) checked against the architecture, or ``default``."""
+    if widths is None:
+        return list(default)
+    widths = [int(w) for w in widths]
+    if len(widths) != len(default):
+        raise ValueError(f"widths has {len(widths)} entries; this architecture has {len(default)} prunable layers")
+    if any(w < 1 for w in widths):
+        raise ValueError(f"every width must be >= 1, got {widths}")
+    return widths

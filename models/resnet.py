@@ -9,17 +9,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from .gates import Decision, GatedConv
-from .network import Link, Network
+from .network import Link, Network, check_widths
 from .registry import register_model
 
 
 class BasicBlock(nn.Module):
     """Two 3x3 convs; the gate sits on conv1's output, never on the residual stream."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, *, gated: bool, num_actions: int):
+    def __init__(self, c_in: int, width: int, c_out: int, stride: int, *, gated: bool, num_actions: int,
+                 channel_gate: bool):
         super().__init__()
-        self.conv1 = GatedConv(c_in, c_out, stride=stride, gated=gated, num_actions=num_actions)
-        self.conv2 = GatedConv(c_out, c_out)
+        self.conv1 = GatedConv(c_in, width, stride=stride, gated=gated, num_actions=num_actions,
+                               channel_gate=channel_gate)
+        self.conv2 = GatedConv(width, c_out)
         self.shortcut = None
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(
@@ -44,16 +46,20 @@ class ResNet(Network):
         num_actions: int = 40,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
+        widths: list[int] | None = None,
+        channel_gates: bool = False,
     ):
         super().__init__(in_channels=in_channels, mean=mean, std=std)
         n = (depth - 2) // 6
+        stages = [c for c in (16, 32, 64) for _ in range(n)]
+        widths = check_widths(widths, stages)  # block-internal widths; the residual stream keeps its own
         self.stem = GatedConv(in_channels, 16)
         blocks, c_in = [], 16
-        for stage, c_out in enumerate((16, 32, 64)):
-            for i in range(n):
-                stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(BasicBlock(c_in, c_out, stride, gated=gated, num_actions=num_actions))
-                c_in = c_out
+        for i, c_out in enumerate(stages):
+            stride = 2 if i > 0 and c_out != stages[i - 1] else 1
+            blocks.append(BasicBlock(c_in, widths[i], c_out, stride, gated=gated, num_actions=num_actions,
+                                     channel_gate=channel_gates))
+            c_in = c_out
         self.blocks = nn.ModuleList(blocks)
         self.fc = nn.Linear(c_in, num_classes)
 
@@ -66,9 +72,8 @@ class ResNet(Network):
     def links(self) -> list[Link]:
         links = [Link("stem.conv", self.stem.conv, None, None)]
         for i, block in enumerate(self.blocks):
-            gate = block.conv1 if block.conv1.gated else None
-            links.append(Link(f"blocks.{i}.conv1.conv", block.conv1.conv, None, gate))
-            links.append(Link(f"blocks.{i}.conv2.conv", block.conv2.conv, gate, None))
+            links.append(Link(f"blocks.{i}.conv1.conv", block.conv1.conv, None, block.conv1))
+            links.append(Link(f"blocks.{i}.conv2.conv", block.conv2.conv, block.conv1, None))
             if block.shortcut is not None:
                 links.append(Link(f"blocks.{i}.shortcut.0", block.shortcut[0], None, None))
         links.append(Link("fc", self.fc, None, None))

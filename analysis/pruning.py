@@ -1,0 +1,210 @@
+"""Threshold searches ("Pruning from Scratch") fast enough to rerun on every slider move.
+
+``StaticSearch``: given one scalar gate per prunable channel, find the global threshold whose
+pruned structure (per-layer widths) meets a target MACs reduction. ``MaskSearch``: the same on
+a dynamic network's mask banks, against the mean counted MACs of a cached evaluation set.
+Both are analytic (widths and counts, no model is built) and exact over the candidates: the
+MACs of "prune the k smallest gates" only fall as k grows, so a binary search over k finds the
+structure closest to the target.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models import CostModel, Network, gated_convs
+
+TOLERANCE = 1e-3  # relative distance to the target MACs that counts as meeting it
+
+
+@dataclass(frozen=True)
+class Structure:
+    """A pruned structure found by :class:`StaticSearch`."""
+
+    target: float  # requested MACs reduction p (0.5 removes half the MACs)
+    widths: list[int]  # per prunable layer
+    full_widths: list[int]
+    macs: float
+    full_macs: float
+    params: float
+    full_params: float
+    threshold: float  # gates <= threshold are pruned (-inf: nothing pruned)
+    met: bool  # achieved MACs within the tolerance of the target
+    message: str  # a plain sentence on what was achieved
+
+    @property
+    def reduction(self) -> float:
+        """Achieved MACs reduction."""
+        return 1.0 - self.macs / self.full_macs
+
+    def to_json(self) -> dict:
+        return {**self.__dict__, "reduction": self.reduction}
+
+
+def _closest(values_at, n: int, target: float) -> int:
+    """Index in [0, n] whose value (non-increasing in the index) is closest to ``target``;
+    a tie goes to the value at or below the target. Binary search: O(log n) evaluations."""
+    lo, hi = 0, n
+    while lo < hi:  # first index whose value is <= target (n when none is)
+        mid = (lo + hi) // 2
+        if values_at(mid) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    at = values_at(lo)
+    if at > target:  # nothing reaches the target: the smallest value is the closest
+        return lo
+    if lo > 0 and abs(values_at(lo - 1) - target) < abs(at - target):
+        return lo - 1
+    return lo
+
+
+class StaticSearch:
+    """Global gate-threshold search over one architecture's prunable layers.
+
+    >>> search = StaticSearch(cost_model(net, (3, 32, 32)), gates)  # gates: one array per layer
+    >>> search(0.5).widths
+    """
+
+    def __init__(self, costs: CostModel, gates: list[np.ndarray], *, tolerance: float = TOLERANCE):
+        full = np.array(costs.source_widths)
+        if len(gates) != len(full) or any(len(g) != w for g, w in zip(gates, full)):
+            raise ValueError(f"gates have sizes {[len(g) for g in gates]}; the prunable layers have {full.tolist()}")
+        values = np.concatenate([np.asarray(g, dtype=np.float64) for g in gates])
+        if not np.isfinite(values).all():
+            raise ValueError("gate values must be finite (found NaN or infinity)")
+        layer = np.repeat(np.arange(len(full)), full)
+        order = np.argsort(values, kind="stable")
+        self._sorted = values[order]
+        # row k: channels per layer pruned when the k smallest gates go -> widths = full - row
+        onehot = np.zeros((len(order) + 1, len(full)), dtype=np.int64)
+        onehot[np.arange(1, len(order) + 1), layer[order]] = 1
+        self._pruned = np.cumsum(onehot, axis=0)
+        self.costs, self.full_widths, self.tolerance = costs, full, tolerance
+        self.full_macs = costs.macs_for_widths(full)
+        self.full_params = costs.params_for_widths(full)
+
+    def widths(self, k: int) -> np.ndarray:
+        """Widths after pruning the ``k`` smallest gates; every layer keeps at least one channel."""
+        return np.maximum(self.full_widths - self._pruned[k], 1)
+
+    def __call__(self, target: float) -> Structure:
+        """The structure whose MACs are closest to ``(1 - target) * full MACs``."""
+        if not 0.0 <= target < 1.0:
+            raise ValueError(f"target reduction must be in [0, 1), got {target}")
+        goal = (1.0 - target) * self.full_macs
+        k = _closest(lambda i: self.costs.macs_for_widths(self.widths(i)), len(self._sorted), goal)
+        widths = self.widths(k)
+        macs = self.costs.macs_for_widths(widths)
+        met = abs(macs - goal) <= self.tolerance * goal
+        achieved = 1.0 - macs / self.full_macs
+        if met:
+            message = f"removes {achieved:.1%} of the MACs (target {target:.1%})"
+        elif macs > goal and k == len(self._sorted):
+            message = (f"target {target:.1%} cannot be met: with one channel left per layer the network "
+                       f"still needs {macs / self.full_macs:.1%} of its MACs (removes {achieved:.1%})")
+        else:
+            message = (f"target {target:.1%} falls between two structures; the closest removes {achieved:.1%}")
+        return Structure(
+            target=target, widths=widths.tolist(), full_widths=self.full_widths.tolist(), macs=macs,
+            full_macs=self.full_macs, params=self.costs.params_for_widths(widths), full_params=self.full_params,
+            threshold=float(self._sorted[k - 1]) if k > 0 else float("-inf"), met=bool(met), message=message,
+        )
+
+
+def uniform_structure(costs: CostModel, target: float, *, tolerance: float = TOLERANCE) -> Structure:
+    """Every prunable layer scaled by the same factor, the factor chosen to meet ``target``."""
+    full = np.array(costs.source_widths)
+    steps = 4096  # candidate factors s/steps
+    search = _closest(lambda s: costs.macs_for_widths(np.maximum(np.round(full * (1 - s / steps)), 1)),
+                      steps, (1.0 - target) * costs.macs_for_widths(full))
+    widths = np.maximum(np.round(full * (1 - search / steps)), 1).astype(int)
+    macs, full_macs = costs.macs_for_widths(widths), costs.macs_for_widths(full)
+    goal = (1.0 - target) * full_macs
+    return Structure(
+        target=target, widths=widths.tolist(), full_widths=full.tolist(), macs=macs, full_macs=full_macs,
+        params=costs.params_for_widths(widths), full_params=costs.params_for_widths(full), threshold=float("nan"),
+        met=bool(abs(macs - goal) <= tolerance * goal),
+        message=f"every layer at x{1 - search / steps:.3f} of its width removes {1 - macs / full_macs:.1%} of the MACs",
+    )
+
+
+@dataclass(frozen=True)
+class MaskThreshold:
+    """A mask-bank threshold found by :class:`MaskSearch`."""
+
+    target: float  # requested reduction of the mean counted MACs vs. the ungated network
+    threshold: float  # mask entries below it are set to 0 (0.0: nothing changed)
+    predicted_ratio: float  # mean counted MACs / ungated MACs, with the cached decisions
+    unthresholded_ratio: float  # the same before thresholding
+    met: bool
+    message: str
+
+
+class MaskSearch:
+    """Global threshold on a dynamic network's mask banks, against a cached evaluation set.
+
+    The prediction keeps each input's cached actions (``paths``); thresholding can change later
+    decisions, so evaluate the thresholded model (:func:`threshold_masks`) for the real figures.
+    """
+
+    def __init__(self, costs: CostModel, banks: list[np.ndarray], paths: np.ndarray, *, tolerance: float = TOLERANCE):
+        if paths.ndim != 2 or paths.shape[1] != len(banks):
+            raise ValueError(f"paths {paths.shape} do not match {len(banks)} mask banks")
+        self.costs, self.tolerance = costs, tolerance
+        self._banks = [np.asarray(b, dtype=np.float64) for b in banks]
+        self._paths = [torch.from_numpy(np.ascontiguousarray(paths[:, g])) for g in range(len(banks))]
+        positive = np.concatenate([b[b > 0] for b in self._banks])
+        self._candidates = np.concatenate([[0.0], np.unique(positive)])  # threshold = candidates[i]
+
+    def ratio(self, threshold: float) -> float:
+        """Mean counted MACs ratio with entries < ``threshold`` set to 0 (cached decisions)."""
+        t = max(threshold, np.finfo(np.float64).tiny)  # threshold 0 still skips exact zeros
+        active = [torch.from_numpy((b >= t).sum(axis=1))[p] for b, p in zip(self._banks, self._paths)]
+        return float(self.costs.dynamic_macs(active).mean()) / self.costs.ungated_macs
+
+    def __call__(self, target: float) -> MaskThreshold:
+        if not 0.0 <= target < 1.0:
+            raise ValueError(f"target reduction must be in [0, 1), got {target}")
+        goal = 1.0 - target
+        i = _closest(lambda j: self.ratio(self._candidates[j]), len(self._candidates) - 1, goal)
+        t = float(self._candidates[i])
+        ratio, base = self.ratio(t), self.ratio(0.0)
+        met = abs(ratio - goal) <= self.tolerance * goal
+        if base <= goal:
+            message = f"the model already uses {base:.1%} of the ungated MACs; no threshold needed"
+        elif met:
+            message = f"threshold {t:.4g}: predicted {ratio:.1%} of the ungated MACs"
+        else:
+            message = f"target {target:.1%} not met exactly: threshold {t:.4g} gives {ratio:.1%} of the ungated MACs"
+        return MaskThreshold(target=target, threshold=t, predicted_ratio=ratio, unthresholded_ratio=base,
+                             met=bool(met or base <= goal), message=message)
+
+
+def mask_banks(model: Network) -> list[np.ndarray]:
+    """The (K, C) mask bank of every gated layer, as numpy arrays."""
+    return [g.bank.weight.detach().cpu().numpy() for g in gated_convs(model)]
+
+
+def channel_gates(model: Network) -> list[np.ndarray]:
+    """The learned scalar gate of every prunable layer's channels (pruning from scratch)."""
+    from models import prunable_convs
+
+    layers = prunable_convs(model)
+    missing = [i for i, c in enumerate(layers) if c.gate is None]
+    if missing:
+        raise ValueError(f"prunable layers {missing} have no channel gates; learn gates first (gatescope prune learn-gates)")
+    return [c.gate.detach().cpu().numpy() for c in layers]
+
+
+def threshold_masks(model: Network, threshold: float) -> Network:
+    """A copy of ``model`` whose mask entries below ``threshold`` are 0 (the original is untouched)."""
+    pruned = copy.deepcopy(model)
+    with torch.no_grad():
+        for g in gated_convs(pruned):
+            g.bank.weight[g.bank.weight < threshold] = 0.0
+    return pruned
