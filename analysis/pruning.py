@@ -208,3 +208,32 @@ def threshold_masks(model: Network, threshold: float) -> Network:
         for g in gated_convs(pruned):
             g.bank.weight[g.bank.weight < threshold] = 0.0
     return pruned
+
+
+def importance_gates(model: Network) -> list[np.ndarray]:
+    """Gate values for a network without learned gates: |BN scale| of each prunable channel
+    (the "network slimming" criterion), so any run can be searched."""
+    from models import prunable_convs
+
+    return [c.bn.weight.detach().abs().cpu().numpy() for c in prunable_convs(model)]
+
+
+def static_gates(model: Network) -> tuple[list[np.ndarray], str]:
+    """The learned channel gates if the run has them, else BN-scale importance; and which."""
+    try:
+        return channel_gates(model), "learned channel gates"
+    except ValueError:
+        return importance_gates(model), "BatchNorm scale magnitudes (no learned gates in this run)"
+
+
+def mask_threshold_curve(model: Network, split, search: MaskSearch, targets, *, batch_size: int = 250) -> list[dict]:
+    """Accuracy (without retraining) and counted MACs ratio of the thresholded model per target."""
+    from .evaluation import collect
+
+    rows = []
+    for p in targets:
+        t = search(p)
+        out = collect(threshold_masks(model, t.threshold), split, batch_size=batch_size)
+        rows.append({"target": p, "threshold": t.threshold, "macs_ratio": float(out.macs_ratio.mean()),
+                     "accuracy": out.accuracy})
+    return rows

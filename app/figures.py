@@ -57,3 +57,26 @@ def class_action_preference(paths: np.ndarray, labels: np.ndarray, layer: int, c
                                hovertemplate="class %{y}, action %{x}: %{z:.1%}<extra></extra>"))
     fig.update_layout(xaxis_title="action", yaxis_title="class", margin=dict(l=10, r=10, t=30, b=10), height=360)
     return fig
+
+
+def width_bars(before: list[float], after: list[float], labels: list[str], *, unit: str = "channels") -> go.Figure:
+    """Per-layer widths (or mean active channels) before and after pruning."""
+    fig = go.Figure([
+        go.Bar(x=labels, y=before, name="before", marker_color="#BAB0AC"),
+        go.Bar(x=labels, y=after, name="after", marker_color="#4C78A8"),
+    ])
+    fig.update_layout(barmode="overlay", yaxis_title=unit, margin=dict(l=10, r=10, t=30, b=10), height=320,
+                      legend=dict(orientation="h", y=1.1))
+    return fig
+
+
+def accuracy_vs_macs(curve: pd.DataFrame, current: tuple[float, float] | None, *, label: str) -> go.Figure:
+    """Accuracy against counted MACs ratio along a pruning sweep, with the current point."""
+    fig = go.Figure(go.Scatter(x=curve["macs_ratio"], y=curve["accuracy"], mode="lines+markers", name="sweep",
+                               hovertemplate="MACs %{x:.1%}: accuracy %{y:.2%}<extra></extra>"))
+    if current is not None:
+        fig.add_trace(go.Scatter(x=[current[0]], y=[current[1]], mode="markers", name="current",
+                                 marker=dict(size=14, color="#E45756", symbol="star")))
+    fig.update_layout(xaxis_title="counted MACs / ungated MACs", yaxis_title=label, xaxis_tickformat=".0%",
+                      yaxis_tickformat=".0%", margin=dict(l=10, r=10, t=30, b=10), height=320)
+    return fig

@@ -55,3 +55,43 @@ def sidebar() -> tuple[Run, str]:
     path = st.sidebar.selectbox("Run", paths, format_func=lambda p: "/".join(Path(p).parts[-2:]), key="run")
     split = st.sidebar.radio("Split", ["test", "train"], horizontal=True, key="split")
     return get_run(path), split
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def get_mask_search(path: str, weights_sha256: str):
+    """The mask-threshold search of a dynamic run over its cached test-split decisions."""
+    from analysis.pruning import MaskSearch, mask_banks
+    from models import cost_model
+
+    run = get_run(path)
+    out = get_outputs(path, weights_sha256, run.meta.dataset, "test")
+    return MaskSearch(cost_model(run.model, tuple(run.meta.input_shape)), mask_banks(run.model), out.paths)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def get_static_search(path: str, weights_sha256: str):
+    """The structure search of a run (learned gates, else BN-scale importance) and its source."""
+    from analysis.pruning import StaticSearch, static_gates
+    from models import cost_model
+
+    run = get_run(path)
+    gates, source = static_gates(run.model)
+    return StaticSearch(cost_model(run.model, tuple(run.meta.input_shape)), gates), source
+
+
+@st.cache_data(show_spinner="Sweeping thresholds...", max_entries=8)
+def get_mask_curve(path: str, weights_sha256: str, targets: tuple[float, ...]) -> pd.DataFrame:
+    from analysis.pruning import mask_threshold_curve
+
+    run = get_run(path)
+    split = load_dataset(run.meta.dataset, "test")
+    return pd.DataFrame(mask_threshold_curve(run.model, split, get_mask_search(path, weights_sha256), targets))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def get_thresholded_outputs(path: str, weights_sha256: str, threshold: float) -> Outputs:
+    """Outputs on the test split of the run with mask entries below ``threshold`` set to 0."""
+    from analysis.pruning import threshold_masks
+
+    run = get_run(path)
+    return collect(threshold_masks(run.model, threshold), load_dataset(run.meta.dataset, "test"), batch_size=250)

@@ -1,0 +1,1 @@
+"""Streamlit pages (scripts run by st.navigation; thin: widgets, layout and calls)."""
