@@ -63,3 +63,34 @@ def format_report(report: dict) -> str:
 
 def report_for_path(path: str, baseline: str | None = None, dataset: str | None = None) -> dict:
     return run_report(load_run(path), baseline=load_run(baseline) if baseline else None, dataset=dataset)
+
+
+def format_detection(results: dict) -> str:
+    """The detection table of ``gatescope analyze``: per attack, its success and size, and per
+    detector ROC-AUC, TPR at 5% FPR and accuracy with bootstrap 95% intervals."""
+    lines = [f"detection (train/test split of source images: {results['split']['train']}/{results['split']['test']})"]
+    for attack, s in results["attacks"].items():
+        lines.append(f"\n{attack}: success {s['success_rate']:.1%} of {s['attacked']} attacked; mean L2 "
+                     f"{s['mean_l2']:.3f}, mean Linf {s['mean_linf']:.3f}; params {s['params']}")
+        lines.append(f"  {'detector':16s} {'ROC-AUC [95% CI]':>24s} {'TPR@5%FPR [95% CI]':>24s} {'accuracy':>9s}")
+        for name, m in s["detectors"].items():
+            lines.append(f"  {name:16s} {m['auc']:7.3f} [{m['auc_ci'][0]:.3f}, {m['auc_ci'][1]:.3f}]    "
+                         f"{m['tpr_at_5fpr']:7.3f} [{m['tpr_at_5fpr_ci'][0]:.3f}, {m['tpr_at_5fpr_ci'][1]:.3f}]    "
+                         f"{m['accuracy']:6.3f}")
+    if results.get("transfer"):
+        names = list(results["attacks"])
+        lines.append("\ntransfer (decision-logreg ROC-AUC; rows: trained on, columns: tested on)")
+        lines.append("  " + " " * 10 + "".join(f"{n:>10s}" for n in names))
+        for train, row in results["transfer"].items():
+            lines.append(f"  {train:10s}" + "".join(f"{row.get(n, float('nan')):10.3f}" for n in names))
+    if results.get("layers"):
+        lines.append("\nper-layer ROC-AUC of the decision features (gate 0 first)")
+        for attack, aucs in results["layers"].items():
+            lines.append(f"  {attack:10s} " + " ".join(f"{a:.3f}" for a in aucs))
+    a = results.get("adaptive")
+    if a:
+        extra = (f"; detector ROC-AUC {a['auc']:.3f}, evades at 5% FPR {a['evaded_at_5fpr']:.1%}" if "auc" in a
+                 else "; too few successes to score the detector")
+        lines.append(f"\nadaptive PGD (detector logit weight {a['weight']}): success {a['success_rate']:.1%} of "
+                     f"{a['attacked']}{extra}")
+    return "\n".join(lines)

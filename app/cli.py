@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args) or 0
-    except (RunError, DatasetError, TrainError, FileNotFoundError) as e:
+    except (RunError, DatasetError, TrainError, FileNotFoundError, ValueError) as e:
         print(f"gatescope: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -75,7 +75,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_report)
 
-    p = sub.add_parser("list", help="registered architectures and dataset kinds")
+    p = sub.add_parser("analyze", help="attacks, decision features, detectors and UMAP into RUN/analysis",
+                       description="Reuses what RUN/analysis already holds for the same parameters and weights.")
+    p.add_argument("run", type=Path)
+    p.add_argument("--limit", type=int, default=0, help="analyse only the first N images of the split (default: all)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--attacks", nargs="+", default=None, help="(default: fgsm pgd deepfool cw_l2)")
+    p.add_argument("--attack-param", action="append", default=[], metavar="ATTACK.NAME=VALUE",
+                   help="override an attack default, e.g. pgd.eps=0.1 (repeatable)")
+    p.add_argument("--detectors", nargs="+", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-adaptive", action="store_true", help="skip the adaptive attack")
+    p.add_argument("--force", action="store_true", help="recompute everything")
+    p.set_defaults(func=_analyze)
+
+    p = sub.add_parser("list", help="registered architectures, dataset kinds, attacks and detectors")
     p.set_defaults(func=_list)
 
     p = sub.add_parser("app", help="launch the Streamlit workbench")
@@ -163,17 +177,57 @@ def _train_pruned(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from analysis.report import format_report, report_for_path
 
+    from analysis.report import format_detection
+    from analysis.store import AnalysisStore
+    from models import load_run
+
     report = report_for_path(args.run, args.baseline, args.dataset)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    store = AnalysisStore(load_run(args.run))
+    detection = store.data("detection") if store.params("detection") is not None else None
+    if args.json:
+        print(json.dumps({**report, "detection": detection}, indent=2))
+        return 0
+    print(format_report(report))
+    print("\n" + (format_detection(detection) if detection else f"no detection results: run gatescope analyze {args.run}"))
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
     from analysis import list_datasets
+    from analysis.attacks import list_attacks
+    from analysis.detectors import list_detectors
     from models import list_models
 
     print("architectures:", ", ".join(list_models()))
     print("datasets:", ", ".join(list_datasets()))
+    print("attacks:", ", ".join(list_attacks()))
+    print("detectors:", ", ".join(list_detectors()))
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    import time
+
+    from analysis.analyze import AnalyzeConfig, analyze
+    from analysis.report import format_detection
+    from models import load_run
+
+    overrides: dict = {}
+    for item in args.attack_param:
+        key, _, value = item.partition("=")
+        attack, _, name = key.partition(".")
+        if not (attack and name and value):
+            raise ValueError(f"--attack-param {item!r}: expected ATTACK.NAME=VALUE, e.g. pgd.eps=0.1")
+        overrides.setdefault(attack, {})[name] = json.loads(value)
+    defaults = AnalyzeConfig()
+    config = AnalyzeConfig(
+        split=args.split, limit=args.limit, attacks=tuple(args.attacks or defaults.attacks), attack_params=overrides,
+        detectors=tuple(args.detectors or defaults.detectors), seed=args.seed, adaptive=not args.no_adaptive,
+    )
+    t0 = time.perf_counter()
+    results = analyze(load_run(args.run), config, force=args.force)
+    print(format_detection(results))
+    print(f"\n(analysis of {args.run} took {time.perf_counter() - t0:.0f} s; results in {args.run / 'analysis'})")
     return 0
 
 

@@ -7,7 +7,9 @@
 
 from . import chain, resnet  # noqa: F401  (register the architectures)
 from .checkpoint import Run, RunError, RunMeta, build_model, load_run, read_meta, save_run, update_metrics
-from .gates import Decision, DecisionUnit, GatedConv, MaskBank, constrain_, gated_convs, set_tau
+from .gates import (
+    Decision, DecisionUnit, GatedConv, MaskBank, constrain_, gated_convs, relaxed_decisions, set_tau,
+)
 from .macs import CostModel, LayerCost, active_channels, cost_model, prunable_convs
 from .network import Link, Network
 from .registry import create_model, list_models, register_model
@@ -16,5 +18,5 @@ __all__ = [
     "CostModel", "Decision", "DecisionUnit", "GatedConv", "LayerCost", "Link", "MaskBank",
     "Network", "Run", "RunError", "RunMeta", "active_channels", "build_model", "constrain_",
     "cost_model", "create_model", "gated_convs", "prunable_convs", "list_models", "load_run", "read_meta",
-    "register_model", "save_run", "set_tau", "update_metrics",
+    "register_model", "relaxed_decisions", "save_run", "set_tau", "update_metrics",
 ]

@@ -7,6 +7,7 @@ is exactly 0 switches that channel off for that input (see ``models.macs``).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -95,6 +96,7 @@ class GatedConv(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
         self.tau = 1.0  # Gumbel-softmax temperature, set by the trainer (not a parameter)
         self.noise = True  # training samples with Gumbel noise; False: argmax, as at inference
+        self.relaxed = False  # eval: argmax forward with softmax gradients (for adaptive attacks)
         # pruning from scratch: one scalar gate per output channel, in [0, 1], initialised to 1
         self.gate = nn.Parameter(torch.ones(out_channels)) if channel_gate else None
         if gated:
@@ -115,8 +117,8 @@ class GatedConv(nn.Module):
         if self.bank is None:
             return y
         logits = self.decision(x)
-        if self.training:
-            one_hot = _straight_through(logits, self.tau, noise=self.noise)
+        if self.training or self.relaxed:
+            one_hot = _straight_through(logits, self.tau, noise=self.noise and self.training)
             action = one_hot.argmax(dim=1)
             mask = self.bank(one_hot)
         else:
@@ -149,6 +151,22 @@ def constrain_(model: nn.Module) -> None:
         elif isinstance(m, GatedConv) and m.gate is not None:
             with torch.no_grad():
                 m.gate.clamp_(0.0, 1.0)
+
+
+@contextmanager
+def relaxed_decisions(model: nn.Module, tau: float = 1.0):
+    """Within the block, eval-mode decisions keep their argmax forward but pass the gradients of
+    softmax(logits / tau) (straight-through, as in training, without Gumbel noise), so an attack
+    can differentiate through the choice of masks; the argmax alone has zero gradient."""
+    layers = gated_convs(model)
+    saved = [(g.relaxed, g.tau) for g in layers]
+    for g in layers:
+        g.relaxed, g.tau = True, tau
+    try:
+        yield model
+    finally:
+        for g, (relaxed, old_tau) in zip(layers, saved):
+            g.relaxed, g.tau = relaxed, old_tau
 
 
 def set_tau(model: nn.Module, tau: float, *, noise: bool = True) -> None:

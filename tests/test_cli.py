@@ -1,5 +1,8 @@
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from app.cli import main
 from conftest import DEFAULT_RUN, REPO
@@ -33,3 +36,17 @@ def test_app_refuses_a_foreign_folder_before_starting_a_server(tmp_path):
     out = subprocess.run([sys.executable, "-m", "app.cli", "app", str(tmp_path)], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "model.json: missing" in out.stderr
+
+
+@pytest.mark.slow
+def test_analyze_then_report_prints_the_detection_table(tmp_path, capsys):
+    run = tmp_path / "dynamic"
+    shutil.copytree(DEFAULT_RUN, run, ignore=shutil.ignore_patterns("analysis"))
+    args = ["analyze", str(run), "--limit", "80", "--attacks", "fgsm", "--detectors", "decision-logreg", "--no-adaptive"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "fgsm: success" in out and "decision-logreg" in out and "ROC-AUC" in out
+    assert main(["report", str(run)]) == 0
+    assert "fgsm: success" in capsys.readouterr().out
+    assert main(["analyze", str(run), "--attack-param", "fgsm.eps"]) == 1
+    assert "expected ATTACK.NAME=VALUE" in capsys.readouterr().err

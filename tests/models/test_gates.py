@@ -77,3 +77,22 @@ def test_noise_free_training_takes_the_argmax_and_still_passes_gradients():
     d = decisions[0]
     assert torch.equal(d.action, d.logits.argmax(1))
     assert layer.decision.linear.weight.grad.abs().sum() > 0
+
+
+def test_relaxed_decisions_keep_the_argmax_forward_and_pass_gradients_to_the_input():
+    from models import relaxed_decisions
+
+    layer = _layer().eval()
+    x = torch.rand(8, 3, 8, 8, requires_grad=True)
+    plain = []
+    layer(x, plain)
+    decision_grad = torch.autograd.grad(plain[0].mask.sum(), x, allow_unused=True)[0]
+    assert decision_grad is None, "argmax decisions give the input no gradient through the masks"
+    with relaxed_decisions(layer, tau=0.5):
+        relaxed = []
+        layer(x, relaxed)
+        grad = torch.autograd.grad(relaxed[0].mask.sum(), x)[0]
+    assert torch.equal(relaxed[0].action, plain[0].action)
+    assert torch.equal(relaxed[0].mask, plain[0].mask)
+    assert grad.abs().sum() > 0
+    assert not layer.relaxed and layer.tau == 1.0, "the context restores the layer"

@@ -1,0 +1,78 @@
+"""The detection protocol: splits by source image, metrics with bootstrap intervals, transfer.
+
+Only successful attacks count. The clean and the adversarial version of one source image always
+fall on the same side of a fixed train/test split of the source images, so no detector is ever
+scored on (a version of) an image it was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+FPR_LEVEL = 0.05  # TPR is reported at this false-positive rate
+
+
+@dataclass(frozen=True)
+class SourceSplit:
+    """Which source images (indices into the evaluated split) train and which test detectors."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+    @classmethod
+    def of(cls, n: int, *, seed: int = 0, test_fraction: float = 0.5) -> "SourceSplit":
+        order = np.random.default_rng(seed).permutation(n)
+        cut = int(round(n * (1 - test_fraction)))
+        return cls(train=np.sort(order[:cut]), test=np.sort(order[cut:]))
+
+    def sides(self, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boolean masks over ``sources`` (source indices) for the train and the test side."""
+        return np.isin(sources, self.train), np.isin(sources, self.test)
+
+
+def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, level: float = FPR_LEVEL) -> float:
+    """True-positive rate at the largest threshold whose false-positive rate is <= ``level``."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(tpr[fpr <= level].max())
+
+
+def detection_metrics(labels: np.ndarray, scores: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """ROC-AUC, TPR at 5% FPR and accuracy at score 0.5, each with a bootstrap 95% interval.
+
+    ``labels``: 1 adversarial, 0 clean; ``scores``: higher means adversarial (probabilities).
+    Also returns the ROC curve (``fpr``, ``tpr`` lists) for plotting.
+    """
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        raise ValueError("detector scores contain NaN or infinity")
+    if len(np.unique(labels)) != 2:
+        raise ValueError("detection metrics need both clean and adversarial samples")
+
+    def point(idx):
+        y, s = labels[idx], scores[idx]
+        return roc_auc_score(y, s), tpr_at_fpr(y, s), float(((s >= 0.5) == y).mean())
+
+    auc, tpr, acc = point(np.arange(len(labels)))
+    rng = np.random.default_rng(seed)
+    boots = []
+    while len(boots) < n_boot:
+        idx = rng.integers(0, len(labels), len(labels))
+        if labels[idx].min() != labels[idx].max():  # a resample needs both classes
+            boots.append(point(idx))
+    lo, hi = np.percentile(np.array(boots), [2.5, 97.5], axis=0)
+    fpr, tpr_curve, _ = roc_curve(labels, scores)
+    return {
+        "auc": float(auc), "auc_ci": [float(lo[0]), float(hi[0])],
+        "tpr_at_5fpr": float(tpr), "tpr_at_5fpr_ci": [float(lo[1]), float(hi[1])],
+        "accuracy": float(acc), "accuracy_ci": [float(lo[2]), float(hi[2])],
+        "n_clean": int((labels == 0).sum()), "n_adversarial": int((labels == 1).sum()),
+        "fpr": fpr.round(5).tolist(), "tpr": tpr_curve.round(5).tolist(),
+    }
+
+
+def labelled(clean: np.ndarray, adversarial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stack clean (label 0) and adversarial (label 1) rows."""
+    return np.concatenate([clean, adversarial]), np.r_[np.zeros(len(clean), int), np.ones(len(adversarial), int)]

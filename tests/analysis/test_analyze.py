@@ -1,0 +1,115 @@
+"""The analyze pipeline end to end on a copy of the shipped model and 120 test images."""
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.adaptive import adaptive_pgd, torch_logistic
+from analysis.analyze import AnalyzeConfig, analyze
+from analysis.embedding import umap_embedding
+from analysis.store import AnalysisStore
+from conftest import DEFAULT_RUN
+from models import load_run
+
+pytestmark = pytest.mark.slow
+CONFIG = AnalyzeConfig(limit=120, attacks=("fgsm", "pgd"), reference=300, n_boot=50)
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run") / "dynamic"
+    shutil.copytree(DEFAULT_RUN, path)
+    run = load_run(path)
+    messages = []
+    result = analyze(run, CONFIG, log=messages.append)
+    return run, result, messages
+
+
+def test_every_entry_is_stored_with_its_parameters(analysed):
+    run, result, _ = analysed
+    store = AnalysisStore(run)
+    for name in ("clean", "attack-fgsm", "attack-pgd", "detection", "umap"):
+        assert store.params(name) is not None, name
+    rows = store.table("attack-pgd", "rows")
+    clean = store.table("clean", "rows")
+    # only correctly classified clean inputs are attacked
+    assert set(rows["source"]) == set(np.flatnonzero(clean["label"] == clean["pred"]))
+    assert (rows["linf"] <= 0.3 + 1e-6).all()
+    assert store.array("attack-pgd", "log_probs").shape == (len(rows), 4, 40)
+
+
+def test_detection_table_has_every_detector_with_intervals(analysed):
+    _, result, _ = analysed
+    for attack in ("fgsm", "pgd"):
+        summary = result["attacks"][attack]
+        assert 0.5 < summary["success_rate"] <= 1.0
+        for det in CONFIG.detectors:
+            m = summary["detectors"][det]
+            assert m["auc_ci"][0] <= m["auc"] <= m["auc_ci"][1]
+            assert 0 <= m["tpr_at_5fpr"] <= 1
+    assert result["attacks"]["pgd"]["detectors"]["decision-logreg"]["auc"] > 0.9  # attacks on MNIST are visible
+    assert set(result["transfer"]["fgsm"]) == {"fgsm", "pgd"}
+    assert len(result["layers"]["pgd"]) == 4
+    assert result["adaptive"]["attacked"] > 0
+
+
+def test_a_second_run_reuses_everything(analysed):
+    run, result, _ = analysed
+    messages = []
+    t0 = time.perf_counter()
+    again = analyze(run, CONFIG, log=messages.append)
+    assert time.perf_counter() - t0 < 10
+    assert messages == [] and again == result
+
+
+def test_new_weights_make_the_analysis_stale(analysed, tmp_path):
+    run, _, _ = analysed
+    other = tmp_path / "other"
+    shutil.copytree(run.path, other)
+    moved = load_run(other)
+    from models import save_run
+
+    with torch.no_grad():
+        moved.model.fc.bias.add_(0.01)
+    save_run(other, moved.model, moved.meta)
+    store = AnalysisStore(load_run(other))
+    assert store.params("clean") is None, "an analysis of other weights is not shown"
+
+
+def test_umap_is_reproducible_for_a_fixed_seed():
+    rng = np.random.default_rng(0)
+    clean, adv = rng.normal(size=(200, 12)), rng.normal(1.0, size=(30, 12))
+    a = umap_embedding(clean, {"pgd": adv}, seed=3)
+    b = umap_embedding(clean, {"pgd": adv}, seed=3)
+    assert np.array_equal(a["clean"], b["clean"]) and np.array_equal(a["pgd"], b["pgd"])
+    assert a["clean"].shape == (200, 2) and a["pgd"].shape == (30, 2)
+
+
+def test_adaptive_pgd_lowers_the_detector_logit(analysed):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    run, _, _ = analysed
+    store = AnalysisStore(run)
+    clean = store.array("clean", "log_probs").reshape(120, -1)
+    adv = store.array("attack-pgd", "log_probs").reshape(-1, 160)
+    x = np.concatenate([clean, adv])
+    y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
+    scaler = StandardScaler().fit(x)
+    detector = torch_logistic(scaler, LogisticRegression(max_iter=2000).fit(scaler.transform(x), y))
+    from analysis import load_dataset
+
+    images, labels = load_dataset("mnist5k", "test").dataset.tensors
+    xs, ys = images[:40], labels[:40]
+    torch.manual_seed(0)
+    plain, _ = adaptive_pgd(run.model, detector, xs, ys, eps=0.3, step=0.01, steps=20, weight=0.0)
+    torch.manual_seed(0)
+    adaptive, _ = adaptive_pgd(run.model, detector, xs, ys, eps=0.3, step=0.01, steps=20, weight=5.0)
+    with torch.no_grad():
+        plain_logit = detector(run.model.decide(plain)[1]).mean()
+        adaptive_logit = detector(run.model.decide(adaptive)[1]).mean()
+    assert adaptive_logit < plain_logit
+    assert (adaptive - xs).abs().max() <= 0.3 + 1e-6

@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from analysis.detection import SourceSplit, detection_metrics, labelled, tpr_at_fpr
+
+
+def test_source_split_is_a_fixed_partition():
+    a, b = SourceSplit.of(101, seed=4), SourceSplit.of(101, seed=4)
+    assert np.array_equal(a.train, b.train) and np.array_equal(a.test, b.test)
+    assert not set(a.train) & set(a.test) and len(a.train) + len(a.test) == 101
+    train, test = a.sides(np.array([a.train[0], a.test[0], a.train[1]]))
+    assert train.tolist() == [True, False, True] and test.tolist() == [False, True, False]
+
+
+def test_metrics_of_a_perfect_and_a_blind_detector():
+    labels = np.r_[np.zeros(200), np.ones(200)].astype(int)
+    perfect = detection_metrics(labels, labels * 0.9 + 0.05, n_boot=100)
+    assert perfect["auc"] == 1.0 and perfect["tpr_at_5fpr"] == 1.0 and perfect["accuracy"] == 1.0
+    blind = detection_metrics(labels, np.random.default_rng(0).random(400), n_boot=200)
+    assert 0.4 < blind["auc"] < 0.6
+    assert blind["auc_ci"][0] < 0.5 < blind["auc_ci"][1]
+    assert blind["n_clean"] == blind["n_adversarial"] == 200
+
+
+def test_tpr_at_fpr_on_a_hand_case():
+    labels = np.array([0] * 20 + [1] * 4)
+    scores = np.r_[np.arange(20) / 20, [0.99, 0.97, 0.5, 0.1]]  # one clean score (0.95) above two positives
+    assert tpr_at_fpr(labels, scores, 0.05) == 0.5  # at 1/20 FPR: 0.99, 0.97 and the clean 0.95 pass
+
+
+def test_nan_scores_and_single_class_are_refused():
+    with pytest.raises(ValueError, match="NaN"):
+        detection_metrics(np.array([0, 1]), np.array([0.1, np.nan]))
+    with pytest.raises(ValueError, match="both clean and adversarial"):
+        detection_metrics(np.zeros(5, int), np.random.default_rng(0).random(5))
+
+
+def test_labelled_stacks_clean_before_adversarial():
+    x, y = labelled(np.zeros((2, 3)), np.ones((1, 3)))
+    assert x.shape == (3, 3) and y.tolist() == [0, 0, 1]
