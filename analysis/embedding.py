@@ -18,7 +18,7 @@ def umap_embedding(clean: np.ndarray, others: dict[str, np.ndarray], *, n_neighb
     if not np.isfinite(clean).all() or not all(np.isfinite(v).all() for v in others.values()):
         raise ValueError("decision features contain NaN or infinity")
     scaler = StandardScaler().fit(clean)
-    reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed)
+    reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1)
     coords = {"clean": reducer.fit_transform(scaler.transform(clean)).astype(np.float32)}
     for name, features in others.items():
         coords[name] = (reducer.transform(scaler.transform(features)).astype(np.float32) if len(features)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from models import Run
 from models.checkpoint import package_version
@@ -70,7 +71,7 @@ class AnalysisStore:
             files.append(self._write(f"{name}.json", (json.dumps(_plain(data), indent=1) + "\n").encode()))
         manifest = self._manifest()
         manifest["entries"][name] = {"params": _plain(params), "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                     "gatescope": package_version()}
+                                     "versions": {"gatescope": package_version(), "torch": torch.__version__}}
         atomic_write_json(self.path / MANIFEST, manifest)
 
     def table(self, name: str, key: str) -> pd.DataFrame:
