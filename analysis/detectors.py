@@ -17,7 +17,6 @@ checked on data where the answer is known.
 
 from __future__ import annotations
 
-import fnmatch
 import inspect
 from contextlib import contextmanager
 from typing import Iterator
@@ -29,6 +28,7 @@ from scipy.special import logsumexp
 from torch import Tensor, nn
 
 from models import GatedConv, Network, gated_convs
+from models.registry import Registry
 
 BATCH_SIZE = 250  # images per forward pass
 
@@ -177,7 +177,7 @@ class Detector:
         return self._classifier.predict_proba(self.features(x))[:, 1]
 
 
-_DETECTORS: dict[str, type[Detector]] = {}
+_DETECTORS: Registry[type[Detector]] = Registry("detector", DetectorError)
 
 
 def register_detector(name: str):
@@ -185,15 +185,14 @@ def register_detector(name: str):
 
     def wrap(cls: type[Detector]) -> type[Detector]:
         cls.name = name
-        _DETECTORS[name] = cls
-        return cls
+        return _DETECTORS.register(name)(cls)
 
     return wrap
 
 
 def list_detectors(pattern: str = "*") -> list[str]:
     """Registered detector names matching a glob ``pattern``, sorted."""
-    return sorted(n for n in _DETECTORS if fnmatch.fnmatch(n, pattern))
+    return _DETECTORS.names(pattern)
 
 
 def create_detector(name: str, model: Network, ref_x: Tensor, ref_y: Tensor, **params) -> Detector:
@@ -201,9 +200,7 @@ def create_detector(name: str, model: Network, ref_x: Tensor, ref_y: Tensor, **p
 
     >>> det = create_detector("kd-bu", model, ref_x, ref_y, bandwidth=1.2)
     """
-    if name not in _DETECTORS:
-        raise DetectorError(f"unknown detector {name!r}; known: {', '.join(list_detectors())}")
-    cls = _DETECTORS[name]
+    cls = _DETECTORS.get(name)
     known = [p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY]
     unknown = sorted(set(params) - set(known))
     if unknown:

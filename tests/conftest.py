@@ -58,3 +58,25 @@ def tiny_run(tmp_path) -> Path:
     path = tmp_path / "run"
     save_run(path, build_model(meta), meta)
     return path
+
+
+@pytest.fixture
+def open_app(monkeypatch):
+    """``open_app(*runs, page=None)``: the Streamlit app (AppTest) started on ``runs`` (default:
+    the shipped model), optionally switched to ``page`` (e.g. "views/pruning.py"); asserts that
+    no exception was raised."""
+    from streamlit.testing.v1 import AppTest
+
+    def start(*runs, page: str | None = None) -> AppTest:
+        if runs:
+            monkeypatch.setenv("GATESCOPE_RUNS", os.pathsep.join(map(str, runs)))
+        else:
+            monkeypatch.delenv("GATESCOPE_RUNS", raising=False)
+        at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=180)
+        at.run()
+        if page:
+            at.switch_page(page).run()
+        assert not at.exception
+        return at
+
+    return start

@@ -196,7 +196,7 @@ def test_registry_lists_the_five_attacks():
 
 
 def test_register_attack_makes_a_new_attack_available_by_name(monkeypatch):
-    monkeypatch.setattr(attacks, "_ATTACKS", dict(attacks._ATTACKS))
+    monkeypatch.setattr(attacks._ATTACKS, "_entries", dict(attacks._ATTACKS._entries))  # registered for this test only
 
     @attacks.register_attack("noise")
     class Noise(Attack):

@@ -1,28 +1,15 @@
 import json
-import os
 import shutil
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from conftest import DEFAULT_RUN, REPO
+from conftest import DEFAULT_RUN
 
 pytestmark = pytest.mark.app
 
 
-def _app(monkeypatch, *runs) -> AppTest:
-    if runs:
-        monkeypatch.setenv("GATESCOPE_RUNS", os.pathsep.join(map(str, runs)))
-    else:
-        monkeypatch.delenv("GATESCOPE_RUNS", raising=False)
-    at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=120)
-    at.run()
-    return at
-
-
-def test_overview_opens_on_the_default_model(monkeypatch):
-    at = _app(monkeypatch)
-    assert not at.exception
+def test_overview_opens_on_the_default_model(open_app):
+    at = open_app()
     assert at.title[0].value == "small_cnn on mnist5k"
     labels = {m.label: m.value for m in at.metric}
     recorded = json.loads((DEFAULT_RUN / "model.json").read_text())["metrics"]
@@ -32,20 +19,19 @@ def test_overview_opens_on_the_default_model(monkeypatch):
         "Per-input cost on the test split (1,000 inputs)", "Training", "Mask utilisation"]
 
 
-def test_overview_without_its_data_still_shows_the_card_and_says_what_it_needs(monkeypatch, tmp_path):
+def test_overview_without_its_data_still_shows_the_card_and_says_what_it_needs(open_app, tmp_path):
     run = tmp_path / "cifar-run"
     shutil.copytree(DEFAULT_RUN, run)
     meta = json.loads((run / "model.json").read_text())
     meta["dataset"] = f"imagefolder:{tmp_path}/absent"
     (run / "model.json").write_text(json.dumps(meta))
-    at = _app(monkeypatch, run)
-    assert not at.exception
+    at = open_app(run)
     assert "cannot be opened here" in at.warning[0].value and "ROOT/{train,test}" in at.warning[0].value
     assert at.metric[0].label == "Test accuracy (recorded)"
 
 
-def test_switching_the_split_recomputes_on_train(monkeypatch):
-    at = _app(monkeypatch)
+def test_switching_the_split_recomputes_on_train(open_app):
+    at = open_app()
     at.sidebar.radio(key="split").set_value("train").run()
     assert not at.exception
     assert at.subheader[0].value == "Per-input cost on the train split (4,000 inputs)"
