@@ -133,7 +133,8 @@ def _tensor_split(split: DatasetSplit, x: torch.Tensor, y: torch.Tensor) -> Data
 
 
 def _detection(store, run, split, clean, attacks, config, force, log) -> dict:
-    params = {**asdict(config), "attacks": {n: store.params(f"attack-{n}") for n in config.attacks}}
+    params = {**asdict(config), "attacks": {n: store.params(f"attack-{n}") for n in config.attacks},
+              "format": 2}  # 2: ROC thresholds stored
     params.pop("umap_neighbors"), params.pop("umap_min_dist")
     if not force and store.has("detection", params):
         return store.data("detection")

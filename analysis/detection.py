@@ -43,7 +43,7 @@ def detection_metrics(labels: np.ndarray, scores: np.ndarray, *, n_boot: int = 1
     """ROC-AUC, TPR at 5% FPR and accuracy at score 0.5, each with a bootstrap 95% interval.
 
     ``labels``: 1 adversarial, 0 clean; ``scores``: higher means adversarial (probabilities).
-    Also returns the ROC curve (``fpr``, ``tpr`` lists) for plotting.
+    Also returns the ROC curve (``fpr``, ``tpr``, ``thresholds`` lists) for plotting.
     """
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     if not np.isfinite(scores).all():
@@ -63,16 +63,26 @@ def detection_metrics(labels: np.ndarray, scores: np.ndarray, *, n_boot: int = 1
         if labels[idx].min() != labels[idx].max():  # a resample needs both classes
             boots.append(point(idx))
     lo, hi = np.percentile(np.array(boots), [2.5, 97.5], axis=0)
-    fpr, tpr_curve, _ = roc_curve(labels, scores)
+    fpr, tpr_curve, thresholds = roc_curve(labels, scores, drop_intermediate=False)  # every operating point
     return {
         "auc": float(auc), "auc_ci": [float(lo[0]), float(hi[0])],
         "tpr_at_5fpr": float(tpr), "tpr_at_5fpr_ci": [float(lo[1]), float(hi[1])],
         "accuracy": float(acc), "accuracy_ci": [float(lo[2]), float(hi[2])],
         "n_clean": int((labels == 0).sum()), "n_adversarial": int((labels == 1).sum()),
         "fpr": fpr.round(5).tolist(), "tpr": tpr_curve.round(5).tolist(),
+        "thresholds": np.minimum(thresholds, 1e9).round(6).tolist(),  # the first is +inf: nothing flagged
     }
 
 
 def labelled(clean: np.ndarray, adversarial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Stack clean (label 0) and adversarial (label 1) rows."""
     return np.concatenate([clean, adversarial]), np.r_[np.zeros(len(clean), int), np.ones(len(adversarial), int)]
+
+
+def confusion_at(metrics: dict, threshold: float) -> dict[str, int]:
+    """Counts of a detector flagging every score >= ``threshold``, read off its stored ROC curve."""
+    thresholds = np.asarray(metrics["thresholds"])
+    i = int(np.flatnonzero(thresholds >= threshold).max())  # thresholds fall along the curve
+    n_clean, n_adv = metrics["n_clean"], metrics["n_adversarial"]
+    tp, fp = int(round(metrics["tpr"][i] * n_adv)), int(round(metrics["fpr"][i] * n_clean))
+    return {"adversarial flagged": tp, "adversarial missed": n_adv - tp, "clean flagged": fp, "clean passed": n_clean - fp}

@@ -95,3 +95,21 @@ def get_thresholded_outputs(path: str, weights_sha256: str, threshold: float) ->
 
     run = get_run(path)
     return collect(threshold_masks(run.model, threshold), load_dataset(run.meta.dataset, "test"), batch_size=250)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def get_analysis(path: str, weights_sha256: str, name: str) -> dict | None:
+    """A stored analysis entry's JSON data (None when absent or computed from other weights)."""
+    from analysis.store import AnalysisStore
+
+    store = AnalysisStore(get_run(path))
+    return store.data(name) if store.params(name) is not None else None
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def get_analysis_table(path: str, weights_sha256: str, name: str, key: str) -> pd.DataFrame | None:
+    """A stored analysis table (None when absent or stale)."""
+    from analysis.store import AnalysisStore
+
+    store = AnalysisStore(get_run(path))
+    return store.table(name, key) if store.params(name) is not None else None

@@ -38,3 +38,17 @@ def test_nan_scores_and_single_class_are_refused():
 def test_labelled_stacks_clean_before_adversarial():
     x, y = labelled(np.zeros((2, 3)), np.ones((1, 3)))
     assert x.shape == (3, 3) and y.tolist() == [0, 0, 1]
+
+
+def test_confusion_at_a_threshold_matches_counting_directly():
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(300), np.ones(200)].astype(int)
+    scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1)
+    m = detection_metrics(labels, scores, n_boot=20)
+    from analysis.detection import confusion_at
+
+    for t in (0.3, 0.5, 0.7):
+        c = confusion_at(m, t)
+        assert c["adversarial flagged"] == int(((scores >= t) & (labels == 1)).sum())
+        assert c["clean flagged"] == int(((scores >= t) & (labels == 0)).sum())
+        assert c["adversarial flagged"] + c["adversarial missed"] == 200
