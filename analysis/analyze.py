@@ -261,16 +261,38 @@ def _umap(store, clean, attacks, config, force, log) -> None:
     params = {"split": config.split, "limit": config.limit, "neighbors": config.umap_neighbors,
               "min_dist": config.umap_min_dist, "seed": config.seed,
               "attacks": {n: store.params(f"attack-{n}") for n in attacks}}  # new adversarials: new map
-    if not force and store.has("umap", params):
+    if not force and store.has("umap", {**params, "format": 2}):
         return
     log("UMAP of decision features (fit on clean, transform attacked)")
     adv = {n: decision_features_of(a["log_probs"][a["rows"]["success"].to_numpy().astype(bool)]) for n, a in attacks.items()}
     coords = umap_embedding(decision_features_of(clean["log_probs"]), adv, n_neighbors=config.umap_neighbors,
                             min_dist=config.umap_min_dist, seed=config.seed)
-    tables = [pd.DataFrame({"source": clean["rows"].index, "kind": "clean", "label": clean["rows"]["label"],
-                            "x": coords["clean"][:, 0], "y": coords["clean"][:, 1]})]
+    rows = clean["rows"]
+    tables = [pd.DataFrame({"source": rows.index, "kind": "clean", "row": rows.index, "label": rows["label"],
+                            "pred": rows["pred"], "x": coords["clean"][:, 0], "y": coords["clean"][:, 1]})]
     for name, a in attacks.items():
-        rows = a["rows"][a["rows"]["success"].astype(bool)]
-        tables.append(pd.DataFrame({"source": rows["source"].to_numpy(), "kind": name, "label": rows["label"].to_numpy(),
+        ok = a["rows"]["success"].to_numpy().astype(bool)
+        rows = a["rows"][ok]
+        tables.append(pd.DataFrame({"source": rows["source"].to_numpy(), "kind": name, "row": np.flatnonzero(ok),
+                                    "label": rows["label"].to_numpy(), "pred": rows["pred"].to_numpy(),
                                     "x": coords[name][:, 0], "y": coords[name][:, 1]}))
-    store.save("umap", params, tables={"points": pd.concat(tables, ignore_index=True)})
+    store.save("umap", {**params, "format": 2}, tables={"points": pd.concat(tables, ignore_index=True)})
+
+
+def umap_points(run: Run, *, neighbors: int, min_dist: float, seed: int = 0,
+                log: Callable[[str], None] = print) -> pd.DataFrame:
+    """The UMAP of the decision features stored for ``run`` (clean and every stored attack),
+    computed and cached when these parameters are new. One row per point: source image,
+    kind ("clean" or the attack), row in that entry's table, label, prediction, x, y."""
+    store = AnalysisStore(run)
+    stored = store.params("clean")
+    if stored is None:
+        raise ValueError(f"{run.path}: no decision features stored; run gatescope analyze first")
+    names = [n.removeprefix("attack-") for n in store.names() if n.startswith("attack-")]
+    config = AnalyzeConfig(split=stored["split"], limit=stored["limit"], attacks=tuple(names), seed=seed,
+                           umap_neighbors=neighbors, umap_min_dist=min_dist)
+    clean = {"rows": store.table("clean", "rows"), "log_probs": store.array("clean", "log_probs")}
+    attacks = {n: {"rows": store.table(f"attack-{n}", "rows"), "log_probs": store.array(f"attack-{n}", "log_probs")}
+               for n in names}
+    _umap(store, clean, attacks, config, False, log)
+    return store.table("umap", "points")

@@ -51,6 +51,10 @@ class AnalysisStore:
         return entry is not None and entry["params"] == _plain(params) and all(
             (self.path / f).is_file() for f in entry["files"])
 
+    def names(self) -> list[str]:
+        """Entries stored for the current weights."""
+        return sorted(self._manifest()["entries"])
+
     def params(self, name: str) -> dict | None:
         entry = self._manifest()["entries"].get(name)
         return entry["params"] if entry else None

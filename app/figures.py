@@ -124,3 +124,24 @@ def transfer_heatmap(matrix: dict[str, dict[str, float]]) -> go.Figure:
     fig.update_layout(xaxis_title="tested on", yaxis_title="trained on", margin=dict(l=10, r=10, t=30, b=10),
                       height=320)
     return fig
+
+
+SYMBOLS = ("circle", "x", "diamond", "triangle-up", "square", "star", "cross", "triangle-down")
+
+
+def decision_map(points: pd.DataFrame, class_names: list[str]) -> go.Figure:
+    """UMAP of decision features as one WebGL trace (so selection indices are row numbers):
+    colour = true class, marker = clean or the attack that produced the point."""
+    kinds = list(dict.fromkeys(points["kind"]))
+    symbol = points["kind"].map({k: SYMBOLS[i % len(SYMBOLS)] for i, k in enumerate(kinds)})
+    fig = go.Figure(go.Scattergl(
+        x=points["x"].to_numpy(np.float32), y=points["y"].to_numpy(np.float32), mode="markers",
+        marker=dict(color=points["label"].to_numpy(), colorscale="Turbo", size=6, symbol=symbol, opacity=0.8,
+                    colorbar=dict(title="class", tickvals=list(range(len(class_names))), ticktext=class_names)),
+        customdata=np.stack([points["source"], points["label"], points["pred"]], axis=1),
+        text=points["kind"], hovertemplate="%{text} #%{customdata[0]}<br>label %{customdata[1]}, "
+                                           "predicted %{customdata[2]}<extra></extra>",
+    ))
+    fig.update_layout(dragmode="lasso", margin=dict(l=10, r=10, t=30, b=10), height=560,
+                      xaxis=dict(showticklabels=False, title="UMAP 1"), yaxis=dict(showticklabels=False, title="UMAP 2"))
+    return fig

@@ -80,3 +80,19 @@ def open_app(monkeypatch):
         return at
 
     return start
+
+
+@pytest.fixture(scope="session")
+def analysed_run(tmp_path_factory) -> Path:
+    """A copy of the shipped run analysed on 100 test images (FGSM and DeepFool, two detectors)."""
+    import shutil
+
+    from analysis.analyze import AnalyzeConfig, analyze
+    from models import load_run
+
+    path = tmp_path_factory.mktemp("analysed") / "dynamic"
+    shutil.copytree(DEFAULT_RUN, path, ignore=shutil.ignore_patterns("analysis"))
+    config = AnalyzeConfig(limit=100, attacks=("fgsm", "deepfool"), detectors=("decision-logreg", "mahalanobis"),
+                           n_boot=50, adaptive=False)
+    analyze(load_run(path), config, log=lambda s: None)
+    return path

@@ -2,22 +2,10 @@ import shutil
 
 import pytest
 
-from analysis.analyze import AnalyzeConfig, analyze
 from conftest import DEFAULT_RUN
-from models import load_run
 
 pytestmark = pytest.mark.app
 PAGE = "views/detection.py"
-
-
-@pytest.fixture(scope="module")
-def analysed_run(tmp_path_factory):
-    path = tmp_path_factory.mktemp("det") / "dynamic"
-    shutil.copytree(DEFAULT_RUN, path, ignore=shutil.ignore_patterns("analysis"))
-    analyze(load_run(path), AnalyzeConfig(limit=100, attacks=("fgsm", "deepfool"),
-                                          detectors=("decision-logreg", "mahalanobis"), n_boot=50, adaptive=False),
-            log=lambda s: None)
-    return path
 
 
 def test_without_analysis_the_page_says_how_to_compute_it(open_app, tmp_path):
