@@ -145,3 +145,51 @@ def decision_map(points: pd.DataFrame, class_names: list[str]) -> go.Figure:
     fig.update_layout(dragmode="lasso", margin=dict(l=10, r=10, t=30, b=10), height=560,
                       xaxis=dict(showticklabels=False, title="UMAP 1"), yaxis=dict(showticklabels=False, title="UMAP 2"))
     return fig
+
+
+def path_heatmap(probs: np.ndarray, actions: np.ndarray, *, changed: list[int] | None = None,
+                 title: str = "") -> go.Figure:
+    """Action probabilities per gated layer (rows) and action (columns), chosen ones marked;
+    layers in ``changed`` are flagged (their decision differs from the compared path)."""
+    labels = [f"gate {l}" + (" ≠" if changed and l in changed else "") for l in range(len(actions))]
+    fig = go.Figure(go.Heatmap(z=probs, y=labels, colorscale="Blues", zmin=0, zmax=1,
+                               colorbar=dict(title="p"), hovertemplate="%{y}, action %{x}: p = %{z:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=actions, y=labels, mode="markers", marker=dict(symbol="x", size=10, color="#E45756"),
+                             name="chosen", hovertemplate="%{y}: chose action %{x}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="action", margin=dict(l=10, r=10, t=40, b=10),
+                      height=120 + 40 * len(actions), showlegend=False)
+    return fig
+
+
+def channel_strips(masks: list[np.ndarray]) -> go.Figure:
+    """The chosen mask of each gated layer as a strip of channels (grey: switched off)."""
+    width = max(len(m) for m in masks)
+    z = np.full((len(masks), width), np.nan)
+    for l, m in enumerate(masks):
+        z[l, :len(m)] = np.where(m == 0, np.nan, m)
+    fig = go.Figure(go.Heatmap(z=z, y=[f"gate {l}" for l in range(len(masks))], colorscale="Viridis",
+                               colorbar=dict(title="mask"), hoverongaps=False,
+                               hovertemplate="%{y}, channel %{x}: %{z:.2f}<extra></extra>"))
+    fig.update_layout(xaxis_title="channel (blank: off for this input)", plot_bgcolor="#EEEEEE",
+                      margin=dict(l=10, r=10, t=30, b=10), height=100 + 40 * len(masks))
+    return fig
+
+
+def sankey(labels: list[str], source: list[int], target: list[int], value: list[int], *, title: str) -> go.Figure:
+    """Flows of inputs from each gated layer's action to the next layer's."""
+    fig = go.Figure(go.Sankey(node=dict(label=labels, pad=8, thickness=12),
+                              link=dict(source=source, target=target, value=value)))
+    fig.update_layout(title=title, margin=dict(l=10, r=10, t=40, b=10), height=420)
+    return fig
+
+
+def attribution_map(attr: np.ndarray) -> go.Figure:
+    """A signed attribution map (summed over channels): red raises the chosen action's
+    probability, blue lowers it."""
+    a = attr.sum(axis=0)
+    bound = float(np.abs(a).max()) or 1.0
+    fig = go.Figure(go.Heatmap(z=a[::-1], colorscale="RdBu_r", zmin=-bound, zmax=bound,
+                               hovertemplate="(%{x}, %{y}): %{z:.3g}<extra></extra>"))
+    fig.update_layout(xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False, scaleanchor="x"),
+                      margin=dict(l=10, r=10, t=30, b=10), height=320)
+    return fig

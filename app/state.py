@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+import torch
+from torch.utils.data import DataLoader
 
 from analysis import DatasetError, Outputs, collect, load_dataset
 from models import Run, load_run
@@ -113,3 +115,18 @@ def get_analysis_table(path: str, weights_sha256: str, name: str, key: str) -> p
 
     store = AnalysisStore(get_run(path))
     return store.table(name, key) if store.params(name) is not None else None
+
+
+@st.cache_data(show_spinner="Loading images...", max_entries=4)
+def _split_tensors(dataset: str, split: str):
+    xs, ys = zip(*DataLoader(load_dataset(dataset, split).dataset, batch_size=500))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def split_tensors(run: Run, split: str):
+    """All images and labels of the run's dataset split, or a message saying what data it needs."""
+    try:
+        images, labels = _split_tensors(run.meta.dataset, split)
+        return images, labels, None
+    except DatasetError as e:
+        return None, None, f"This model was trained on `{run.meta.dataset}`, which cannot be opened here: {e}"

@@ -57,14 +57,19 @@ class CostModel:
 
     def dynamic_macs(self, active: list[torch.Tensor]) -> torch.Tensor:
         """Per-input MACs (B,) given the active-channel count (B,) of every gated layer."""
+        return self.layer_macs(active).sum(dim=1) + self.decision_macs
+
+    def layer_macs(self, active: list[torch.Tensor]) -> torch.Tensor:
+        """Per-input, per-layer MACs (B, layers) given the active channels (B,) of every gated layer
+        (decision units not included)."""
         if not active:
             raise ValueError("dynamic MACs need the active channels of at least one gated layer")
-        total = torch.full(active[0].shape, float(self.decision_macs), dtype=torch.float64, device=active[0].device)
+        columns = []
         for layer in self.layers:
-            c_in = active[layer.in_gate].double() if layer.in_gate is not None else layer.in_channels
-            c_out = active[layer.out_gate].double() if layer.out_gate is not None else layer.out_channels
-            total = total + layer.unit_macs * c_in * c_out
-        return total
+            c_in = active[layer.in_gate].double() if layer.in_gate is not None else float(layer.in_channels)
+            c_out = active[layer.out_gate].double() if layer.out_gate is not None else float(layer.out_channels)
+            columns.append(torch.as_tensor(layer.unit_macs * c_in * c_out, dtype=torch.float64).expand(active[0].shape))
+        return torch.stack(columns, dim=1)
 
     @cached_property
     def _arrays(self) -> dict[str, np.ndarray]:

@@ -84,7 +84,7 @@ def test_overview_renders_the_default_model_in_chromium(server, browser, tmp_pat
     assert "Mean counted MACs" in text and "Mask utilisation" in text
     assert page.locator('[data-testid="stException"]').count() == 0
     assert page.locator('[data-testid="stPlotlyChart"]').count() >= 3
-    shot = Path(os.environ.get("GATESCOPE_SCREENSHOTS", tmp_path)) / "overview.png"
+    shot = _shots(tmp_path) / "overview.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     assert not errors, errors
@@ -115,6 +115,61 @@ def test_pruning_slider_reruns_the_search_in_chromium(server, browser, tmp_path)
     _wait_idle(page)
     assert float(counted().rstrip("%")) < float(before.rstrip("%"))
     assert page.locator('[data-testid="stException"]').count() == 0
-    shot = Path(os.environ.get("GATESCOPE_SCREENSHOTS", tmp_path)) / "pruning.png"
+    shot = _shots(tmp_path) / "pruning.png"
     page.screenshot(path=str(shot), full_page=True)
     assert not errors, errors
+
+
+def _shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("GATESCOPE_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"screenshots in {folder}")
+    return folder
+
+
+@pytest.mark.parametrize("title,ready", [("Decision paths", "text=Why this decision"),
+                                         ("Decision-feature map", "h1:has-text('Decision-feature map')"),
+                                         ("Detection", "h1:has-text('Detection')")])
+def test_every_page_renders_in_chromium(server, browser, tmp_path, title, ready):
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(server)
+    _wait_idle(page)
+    page.locator('[data-testid="stSidebarNavLink"]', has_text=title).click()
+    page.wait_for_selector(ready, timeout=120_000)
+    # without RUN/analysis the map and detection pages say how to compute it; with it they show it
+    page.wait_for_selector('[data-testid="stAlert"], [data-testid="stPlotlyChart"]', timeout=120_000)
+    _wait_idle(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.screenshot(path=str(_shots(tmp_path) / f"{title.lower().replace(' ', '-')}.png"), full_page=True)
+    assert not errors, errors
+
+
+def test_uploads_are_refused_or_converted_in_chromium(server, browser, tmp_path):
+    import io
+
+    from PIL import Image
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(server)
+    _wait_idle(page)
+    page.locator('[data-testid="stSidebarNavLink"]', has_text="Decision paths").click()
+    page.wait_for_selector("text=Why this decision", timeout=120_000)
+    page.get_by_text("upload", exact=True).click()
+    uploader = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
+    uploader.wait_for(state="attached", timeout=60_000)
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"this is not a picture")
+    uploader.set_input_files(str(bad))
+    page.wait_for_selector("text=This upload cannot be used", timeout=60_000)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(buf, format="PNG")
+    good = tmp_path / "white.png"
+    good.write_bytes(buf.getvalue())
+    uploader.set_input_files(str(good))
+    page.wait_for_selector("text=resized from 64x64 to 28x28", timeout=60_000)
+    page.wait_for_selector("text=Why this decision", timeout=60_000)
+    _wait_idle(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.screenshot(path=str(_shots(tmp_path) / "upload.png"), full_page=True)

@@ -1,0 +1,117 @@
+"""Decision paths: which mask every gated layer chose for one input, clean and attacked."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+
+from analysis.analyze import dataset_kind
+from analysis.attacks import create_attack, default_params, list_attacks
+from analysis.attribution import decision_attribution
+from analysis.images import ImageError, image_to_input
+from analysis.paths import changed_layers, decision_path, sankey_links
+from app import figures
+from app.state import get_analysis_table, sidebar, split_tensors, try_outputs
+from models import gated_convs
+
+run, split_name = sidebar()
+meta, model = run.meta, run.model
+st.title("Decision paths")
+if not gated_convs(model):
+    st.info("This run has no gated layers: every input takes the same path. Open a dynamic run.")
+    st.stop()
+
+images, labels, problem = split_tensors(run, split_name)
+how = st.radio("Pick an input", ["by index", "by class", "upload"], horizontal=True, key="pick")
+x, label = None, None
+if how == "upload":
+    upload = st.file_uploader("Image (PNG or JPEG)", type=["png", "jpg", "jpeg"], key="upload")
+    if upload is not None:
+        try:
+            x, notes = image_to_input(upload.getvalue(), tuple(meta.input_shape))
+            if notes:
+                st.caption("Upload " + "; ".join(notes) + ".")
+        except ImageError as e:
+            st.error(f"This upload cannot be used: {e}")
+elif problem:
+    st.warning(problem)
+else:
+    if how == "by class":
+        cls = st.selectbox("Class", range(len(meta.class_names)), format_func=lambda c: meta.class_names[c], key="cls")
+        members = np.flatnonzero(labels.numpy() == cls)[:12]
+        st.image([images[i].permute(1, 2, 0).numpy() for i in members], width=56,
+                 caption=[str(i) for i in members])
+        index = st.selectbox("Input (index)", members.tolist(), key="class_index")
+    else:
+        index = st.number_input("Input index", 0, len(images) - 1, 0, key="index")
+    x, label = images[int(index):int(index) + 1], int(labels[int(index)])
+
+if x is None:
+    st.stop()
+
+clean = decision_path(model, x)
+left, right = st.columns(2)
+with left:
+    st.subheader("Clean")
+    st.image(x[0].permute(1, 2, 0).numpy(), width=112)
+    truth = f" (label {meta.class_names[label]})" if label is not None else ""
+    st.metric("Prediction" + truth, meta.class_names[clean.prediction], help=f"p = {clean.class_probs.max():.3f}")
+    st.metric("Counted MACs", f"{clean.macs / 1e6:.2f} M", help=f"{clean.macs / clean.ungated_macs:.1%} of the ungated network")
+
+with right:
+    st.subheader("Attacked")
+    attack_name = st.selectbox("Attack", list_attacks(), index=list_attacks().index("pgd"), key="attack")
+    params = default_params(attack_name, dataset_kind(run))
+    if "eps" in params:
+        params["eps"] = st.slider("Epsilon (pixel units, L-inf)", 0.0, 0.5, float(params["eps"]), 0.005, key="eps")
+    target = torch.tensor([label if label is not None else clean.prediction])
+    torch.manual_seed(0)
+    with st.spinner(f"Running {attack_name}..."):
+        x_adv = create_attack(attack_name, model, **params)(x, target).x_adv
+    attacked = decision_path(model, x_adv)
+    st.image(x_adv[0].permute(1, 2, 0).numpy(), width=112)
+    st.metric("Prediction", meta.class_names[attacked.prediction],
+              delta="flipped" if attacked.prediction != clean.prediction else "unchanged", delta_color="off")
+    st.metric("Counted MACs", f"{attacked.macs / 1e6:.2f} M",
+              delta=f"{(attacked.macs - clean.macs) / 1e6:+.2f} M", delta_color="inverse")
+
+changed = changed_layers(clean, attacked)
+st.markdown(f"**Layers whose decision changed under attack:** {', '.join(f'gate {l}' for l in changed) or 'none'}")
+cols = st.columns(2)
+cols[0].plotly_chart(figures.path_heatmap(clean.probs, clean.actions, title="clean"), key="path_clean")
+cols[1].plotly_chart(figures.path_heatmap(attacked.probs, attacked.actions, changed=changed, title="attacked"),
+                     key="path_attacked")
+st.plotly_chart(figures.channel_strips(clean.masks), key="strips")
+per_layer = pd.DataFrame({"layer": clean.layer_names, "MACs (clean)": clean.layer_macs,
+                          "MACs (attacked)": attacked.layer_macs})
+st.dataframe(per_layer, hide_index=True)
+st.download_button("Download path (CSV)", pd.DataFrame({
+    "gate": range(len(clean.actions)), "action": clean.actions, "active": clean.active,
+    "action attacked": attacked.actions, "active attacked": attacked.active}).to_csv(index=False),
+    file_name="path.csv", mime="text/csv")
+
+st.subheader("Why this decision")
+c1, c2 = st.columns(2)
+layer = c1.selectbox("Gated layer", range(len(clean.actions)), format_func=lambda l: f"gate {l}", key="attr_layer")
+method = c2.radio("Method", ["integrated_gradients", "saliency"], horizontal=True, key="attr_method")
+attr, action, prob = decision_attribution(model, x, layer, method=method)
+st.caption(f"Attribution of p(action {action}) = {prob:.3f} at gate {layer} with respect to the input.")
+st.plotly_chart(figures.attribution_map(attr), key="attribution")
+
+if not problem:
+    st.subheader("Paths of one class")
+    outputs, _ = try_outputs(run, split_name)
+    cls = st.selectbox("Class", range(len(meta.class_names)), format_func=lambda c: meta.class_names[c],
+                       key="sankey_class")
+    st.plotly_chart(figures.sankey(*sankey_links(outputs.paths[outputs.labels == cls]),
+                                   title=f"clean inputs of class {meta.class_names[cls]}"), key="sankey_clean")
+    adv = get_analysis_table(str(run.path), meta.weights_sha256, f"attack-{attack_name}", "rows")
+    if adv is not None and split_name == "test":
+        rows = adv[adv["success"] & (adv["label"] == cls)]
+        gate_cols = [c for c in rows.columns if c.startswith("path_")]
+        if len(rows):
+            st.plotly_chart(figures.sankey(*sankey_links(rows[gate_cols].to_numpy()),
+                                           title=f"the same class attacked with {attack_name} (stored analysis)"),
+                            key="sankey_attacked")
+    else:
+        st.caption(f"Run `gatescope analyze {run.path}` to compare with attacked inputs of the class.")

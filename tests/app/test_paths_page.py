@@ -1,0 +1,51 @@
+import pytest
+
+from conftest import BASELINE_RUN
+
+pytestmark = pytest.mark.app
+PAGE = "views/paths.py"
+
+
+def _metrics(at) -> dict:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_a_path_clean_and_attacked_with_its_views(open_app):
+    at = open_app(page=PAGE)
+    shown = _metrics(at)
+    assert shown["Prediction (label 3)"] == "3"  # test image 0 of mnist5k is a 3
+    assert [s.value for s in at.subheader] == ["Clean", "Attacked", "Why this decision", "Paths of one class"]
+    assert "Layers whose decision changed under attack" in at.markdown[0].value
+    # a zero budget leaves the input, its prediction and its path unchanged
+    at.slider(key="eps").set_value(0.0).run()
+    assert not at.exception
+    assert "none" in at.markdown[0].value
+    assert [m.value for m in at.metric if m.label == "Prediction"] == ["3"]
+
+
+def test_picking_another_input_changes_the_path(open_app):
+    at = open_app(page=PAGE)
+    before = _metrics(at)["Counted MACs"]
+    labels = []
+    for index in (1, 2, 3):
+        at.number_input(key="index").set_value(index).run()
+        assert not at.exception
+        labels.append([m.label for m in at.metric][0])
+    assert len(set(labels)) > 1 or _metrics(at)["Counted MACs"] != before
+
+
+def test_by_class_and_attribution_controls(open_app):
+    at = open_app(page=PAGE)
+    at.radio(key="pick").set_value("by class").run()
+    at.selectbox(key="cls").set_value(7).run()
+    assert not at.exception
+    assert [m.label for m in at.metric][0] == "Prediction (label 7)"
+    at.radio(key="attr_method").set_value("saliency").run()
+    at.selectbox(key="attr_layer").set_value(2).run()
+    assert not at.exception
+    assert "at gate 2" in [c.value for c in at.caption if "Attribution" in c.value][0]
+
+
+def test_an_ungated_run_says_it_has_no_paths(open_app):
+    at = open_app(BASELINE_RUN, page=PAGE)
+    assert "no gated layers" in at.info[0].value
