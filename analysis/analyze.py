@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
 
 from models import Run
 
@@ -70,7 +71,7 @@ def _split(run: Run, config: AnalyzeConfig) -> DatasetSplit:
     if list(split.class_names) != list(run.meta.class_names):
         raise ValueError(f"{split.spec}: classes {split.class_names} differ from the model's {run.meta.class_names}")
     if config.limit:
-        split = DatasetSplit(**{**split.__dict__, "dataset": torch.utils.data.Subset(split.dataset, range(min(config.limit, len(split))))})
+        split = split.with_dataset(torch.utils.data.Subset(split.dataset, range(min(config.limit, len(split)))))
     return split
 
 
@@ -109,8 +110,6 @@ def _attack(store, run, split, clean, name, config, force, log) -> dict:
         attack = create_attack(name, run.model, **attack_params)
         torch.manual_seed(config.seed)
         results = []
-        from tqdm.auto import tqdm
-
         for start in tqdm(range(0, len(sources), config.batch_size), desc=f"attack {name}", leave=False):
             idx = torch.from_numpy(sources[start:start + config.batch_size])
             results.append(attack(x[idx], y[idx]))
@@ -129,13 +128,12 @@ def _attack(store, run, split, clean, name, config, force, log) -> dict:
 
 
 def _tensor_split(split: DatasetSplit, x: torch.Tensor, y: torch.Tensor) -> DatasetSplit:
-    return DatasetSplit(**{**split.__dict__, "dataset": TensorDataset(x, y)})
+    return split.with_dataset(TensorDataset(x, y))
 
 
 def _detection(store, run, split, clean, attacks, config, force, log) -> dict:
-    params = {**asdict(config), "attacks": {n: store.params(f"attack-{n}") for n in config.attacks},
-              "format": 2}  # 2: ROC thresholds stored
-    params.pop("umap_neighbors"), params.pop("umap_min_dist")
+    params = {k: v for k, v in asdict(config).items() if not k.startswith("umap_")}  # the map is not detection
+    params.update(attacks={n: store.params(f"attack-{n}") for n in config.attacks}, format=2)  # 2: ROC thresholds
     if not force and store.has("detection", params):
         return store.data("detection")
     x, _ = _images(split, config.batch_size)

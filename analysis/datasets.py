@@ -5,6 +5,7 @@ belongs to the model (its ``mean``/``std``). Nothing is ever downloaded.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,10 @@ class DatasetSplit:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def with_dataset(self, dataset: Dataset) -> "DatasetSplit":
+        """The same split description over other items (a subset, attacked copies, ...)."""
+        return dataclasses.replace(self, dataset=dataset)
 
 
 _OPENERS: Registry[Callable[[str | None, str], DatasetSplit]] = Registry("dataset kind", DatasetError)
@@ -168,4 +173,4 @@ def subset(split: DatasetSplit, n: int, seed: int = 0) -> DatasetSplit:
     if n >= len(split):
         return split
     idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    return DatasetSplit(**{**split.__dict__, "dataset": Subset(split.dataset, idx)})
+    return split.with_dataset(Subset(split.dataset, idx))
