@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("app", help="launch the Streamlit workbench")
     p.add_argument("runs", nargs="*", type=Path, help=f"run folders (default: the shipped {DEFAULT_RUN.name} model)")
+    p.add_argument("--root", type=Path, action="append", default=[],
+                   help="a folder searched for run folders, listed in the sidebar (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--max-upload-mb", type=int, default=8, help="largest accepted upload")
@@ -232,16 +234,22 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _app(args: argparse.Namespace) -> int:
+    from app.state import ROOTS_ENV, RUNS_ENV
     from models import read_meta
 
-    runs = [p.resolve() for p in args.runs] or [DEFAULT_RUN]
+    runs = [p.resolve() for p in args.runs] or ([] if args.root else [DEFAULT_RUN])
     for run in runs:
         read_meta(run)  # fail here, with a clear message, rather than inside the page
+    for root in args.root:
+        if not root.is_dir():
+            raise FileNotFoundError(f"--root {root}: no such folder")
+    os.environ[RUNS_ENV] = os.pathsep.join(map(str, runs))  # the app script reads these
+    os.environ[ROOTS_ENV] = os.pathsep.join(str(r.resolve()) for r in args.root)
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT),
         "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
-        "--server.maxUploadSize", str(args.max_upload_mb), "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
-        "--", *map(str, runs),
+        "--server.maxUploadSize", str(args.max_upload_mb), "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",
     ]
     print(f"gatescope: serving http://{args.host}:{args.port}", flush=True)
     os.execv(sys.executable, cmd)

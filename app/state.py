@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -12,16 +14,50 @@ import torch
 from torch.utils.data import DataLoader
 
 from analysis import DatasetError, Outputs, collect, load_dataset
-from models import Run, load_run
+from models import Run, RunError, find_runs, load_run
+from models.files import atomic_write_bytes
 
 RUNS_ENV = "GATESCOPE_RUNS"  # os.pathsep-separated run folders, set by ``gatescope app``
+ROOTS_ENV = "GATESCOPE_ROOTS"  # os.pathsep-separated folders searched for run folders
+UPLOADS = Path(tempfile.gettempdir()) / "gatescope-uploads"  # uploaded runs, one folder per content hash
 DEFAULT_RUN = Path(__file__).resolve().parent.parent / "assets" / "mnist5k" / "dynamic"
 
 
 def run_paths() -> list[str]:
-    """The run folders this app was started with (the shipped default when none)."""
-    value = os.environ.get(RUNS_ENV, "")
-    return [p for p in value.split(os.pathsep) if p] or [str(DEFAULT_RUN)]
+    """The run folders this app was started with, those found under its roots, and the runs
+    uploaded in this session (the shipped default when there is none)."""
+    paths = [p for p in os.environ.get(RUNS_ENV, "").split(os.pathsep) if p]
+    for root in (r for r in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if r):
+        paths += [str(p) for p in _found_runs(root)]
+    paths += st.session_state.get("uploaded_runs", [])
+    return list(dict.fromkeys(paths)) or [str(DEFAULT_RUN)]
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _found_runs(root: str) -> list[Path]:
+    return find_runs(root)
+
+
+def _upload_run() -> None:
+    """Sidebar form: a model.safetensors + model.json pair becomes a run folder of this session."""
+    with st.sidebar.expander("Open an uploaded run"):
+        weights = st.file_uploader("model.safetensors", type=["safetensors"], key="upload_weights")
+        meta = st.file_uploader("model.json", type=["json"], key="upload_meta")
+        if weights is None or meta is None:
+            return
+        data_w, data_m = weights.getvalue(), meta.getvalue()
+        folder = UPLOADS / hashlib.sha256(data_w + data_m).hexdigest()[:16]
+        atomic_write_bytes(folder / "model.safetensors", data_w)
+        atomic_write_bytes(folder / "model.json", data_m)
+        try:
+            load_run(folder)
+        except RunError as e:
+            st.error(f"This upload is not a usable run: {str(e).replace(str(folder) + '/', '')}")
+            return
+        uploaded = st.session_state.setdefault("uploaded_runs", [])
+        if str(folder) not in uploaded:
+            uploaded.append(str(folder))
+        st.success("Uploaded run added to the Run list.")
 
 
 @st.cache_resource(show_spinner="Loading the model...")
@@ -53,10 +89,16 @@ def training_log(run: Run) -> pd.DataFrame:
 
 def sidebar() -> tuple[Run, str]:
     """The run and split chosen in the sidebar."""
+    _upload_run()
     paths = run_paths()
     path = st.sidebar.selectbox("Run", paths, format_func=lambda p: "/".join(Path(p).parts[-2:]), key="run")
     split = st.sidebar.radio("Split", ["test", "train"], horizontal=True, key="split")
-    return get_run(path), split
+    try:
+        run = get_run(path)
+    except RunError as e:
+        st.error(f"This run cannot be opened: {e}. Choose another run in the sidebar.")
+        st.stop()
+    return run, split
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

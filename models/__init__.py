@@ -6,7 +6,9 @@
 """
 
 from . import chain, resnet  # noqa: F401  (register the architectures)
-from .checkpoint import Run, RunError, RunMeta, build_model, load_run, read_meta, save_run, update_metrics
+from .checkpoint import (
+    Run, RunError, RunMeta, build_model, find_runs, load_run, read_meta, save_run, update_metrics,
+)
 from .gates import (
     Decision, DecisionUnit, GatedConv, MaskBank, constrain_, gated_convs, relaxed_decisions, set_tau,
 )
@@ -17,6 +19,6 @@ from .registry import create_model, list_models, register_model
 __all__ = [
     "CostModel", "Decision", "DecisionUnit", "GatedConv", "LayerCost", "Link", "MaskBank",
     "Network", "Run", "RunError", "RunMeta", "active_channels", "build_model", "constrain_",
-    "cost_model", "create_model", "gated_convs", "prunable_convs", "list_models", "load_run", "read_meta",
+    "cost_model", "create_model", "find_runs", "gated_convs", "prunable_convs", "list_models", "load_run", "read_meta",
     "register_model", "relaxed_decisions", "save_run", "set_tau", "update_metrics",
 ]

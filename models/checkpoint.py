@@ -138,3 +138,22 @@ def load_run(path: str | Path, *, map_location: str = "cpu") -> Run:
         raise RunError(f"{file}: weights do not fit {meta.arch!r} as declared in {META}: {' '.join(s.strip() for s in first)}") from None
     model.to(map_location).eval()
     return Run(path=path, model=model, meta=meta)
+
+
+def find_runs(root: str | Path, *, max_depth: int = 3) -> list[Path]:
+    """Run folders (folders holding model.json) under ``root``, at most ``max_depth`` levels
+    down, sorted; links are not followed, so a scan stays inside ``root``."""
+    root = Path(root).resolve()
+    found, frontier = [], [root]
+    for _ in range(max_depth + 1):
+        next_frontier = []
+        for folder in frontier:
+            if (folder / META).is_file():
+                found.append(folder)
+            try:
+                next_frontier += [d for d in folder.iterdir() if d.is_dir() and not d.is_symlink()
+                                  and not d.name.startswith(".") and d.name != "analysis"]
+            except OSError:
+                continue  # unreadable folder: skip it
+        frontier = next_frontier
+    return sorted(found)

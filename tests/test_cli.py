@@ -50,3 +50,20 @@ def test_analyze_then_report_prints_the_detection_table(tmp_path, capsys):
     assert "fgsm: success" in capsys.readouterr().out
     assert main(["analyze", str(run), "--attack-param", "fgsm.eps"]) == 1
     assert "expected ATTACK.NAME=VALUE" in capsys.readouterr().err
+
+
+def test_app_hands_its_runs_and_roots_to_the_page_and_binds_to_loopback(monkeypatch, tmp_path):
+    import os
+
+    from app.state import ROOTS_ENV, RUNS_ENV
+
+    launched = {}
+    monkeypatch.setattr(os, "execv", lambda exe, cmd: launched.update(cmd=cmd, runs=os.environ[RUNS_ENV],
+                                                                        roots=os.environ[ROOTS_ENV]))
+    monkeypatch.setenv(RUNS_ENV, "")
+    monkeypatch.setenv(ROOTS_ENV, "")
+    assert main(["app", str(DEFAULT_RUN), "--root", str(tmp_path), "--port", "8600"]) == 0
+    assert launched["runs"] == str(DEFAULT_RUN.resolve()) and launched["roots"] == str(tmp_path.resolve())
+    cmd = launched["cmd"]
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1" and cmd[cmd.index("--server.port") + 1] == "8600"
+    assert main(["app", "--root", str(tmp_path / "missing")]) == 1

@@ -173,3 +173,26 @@ def test_uploads_are_refused_or_converted_in_chromium(server, browser, tmp_path)
     _wait_idle(page)
     assert page.locator('[data-testid="stException"]').count() == 0
     page.screenshot(path=str(_shots(tmp_path) / "upload.png"), full_page=True)
+
+
+def test_uploaded_runs_are_checked_in_chromium(server, browser, tmp_path):
+    import json
+
+    from conftest import DEFAULT_RUN
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(server)
+    _wait_idle(page)
+    page.get_by_text("Open an uploaded run").click()
+    weights = page.locator('.st-key-upload_weights [data-testid="stFileUploaderDropzoneInput"]')
+    meta = page.locator('.st-key-upload_meta [data-testid="stFileUploaderDropzoneInput"]')
+    foreign = tmp_path / "model.json"
+    foreign.write_text(json.dumps({"format": 1, "arch": "transformer"}))
+    weights.set_input_files(str(DEFAULT_RUN / "model.safetensors"))
+    meta.set_input_files(str(foreign))
+    page.wait_for_selector("text=This upload is not a usable run", timeout=60_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    meta.set_input_files(str(DEFAULT_RUN / "model.json"))
+    page.wait_for_selector("text=Uploaded run added to the Run list", timeout=60_000)
+    _wait_idle(page)
+    page.screenshot(path=str(_shots(tmp_path) / "upload-run.png"), full_page=True)

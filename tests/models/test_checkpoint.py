@@ -96,3 +96,12 @@ def test_saving_again_replaces_both_files_consistently(tiny_run):
     save_run(tiny_run, run.model, run.meta)
     torch.testing.assert_close(load_run(tiny_run).model.fc.bias, run.model.fc.bias)
     assert not list(tiny_run.glob(".*.tmp")), "no temporary files are left behind"
+
+
+def test_find_runs_lists_run_folders_under_a_root(tiny_run, tmp_path):
+    from models import find_runs
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / META).write_text("{}")
+    (tmp_path / "link").symlink_to(tiny_run.parent)  # links are not followed
+    assert find_runs(tmp_path) == sorted([tiny_run.resolve(), (tmp_path / "a" / "b").resolve()])

@@ -1,0 +1,37 @@
+import json
+import shutil
+
+import pytest
+
+from conftest import DEFAULT_RUN
+
+pytestmark = pytest.mark.app
+
+
+def test_runs_under_a_root_are_listed(open_app, monkeypatch, tmp_path):
+    shutil.copytree(DEFAULT_RUN, tmp_path / "lab" / "mine", ignore=shutil.ignore_patterns("analysis"))
+    monkeypatch.setenv("GATESCOPE_ROOTS", str(tmp_path))
+    at = open_app(DEFAULT_RUN)
+    options = at.sidebar.selectbox(key="run").options
+    assert any(o.endswith("lab/mine") for o in options) and any(o.endswith("mnist5k/dynamic") for o in options)
+
+
+def test_a_broken_run_shows_an_error_and_the_others_keep_working(open_app, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(DEFAULT_RUN, broken, ignore=shutil.ignore_patterns("analysis"))
+    (broken / "model.safetensors").write_bytes(b"\x00" * 32)
+    at = open_app(broken, DEFAULT_RUN)
+    assert "This run cannot be opened" in at.error[0].value and "SHA-256 differs" in at.error[0].value
+    at.sidebar.selectbox(key="run").set_value(str(DEFAULT_RUN)).run()
+    assert not at.exception and not at.error
+    assert at.title[0].value == "small_cnn on mnist5k"
+
+
+def test_a_foreign_json_in_a_run_is_reported_in_the_page(open_app, tmp_path):
+    odd = tmp_path / "odd"
+    shutil.copytree(DEFAULT_RUN, odd, ignore=shutil.ignore_patterns("analysis"))
+    meta = json.loads((odd / "model.json").read_text())
+    meta["arch"] = "transformer"
+    (odd / "model.json").write_text(json.dumps(meta))
+    at = open_app(odd)
+    assert "known: resnet20" in at.error[0].value
