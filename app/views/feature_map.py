@@ -1,5 +1,6 @@
 """Decision-feature map: UMAP of clean and attacked inputs' decision features, with selection."""
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -26,6 +27,47 @@ def points(path: str, sha: str, neighbors: int, min_dist: float) -> pd.DataFrame
     return umap_points(get_run(path), neighbors=neighbors, min_dist=min_dist, log=lambda s: None)
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def detector_scores(path: str, sha: str) -> dict:
+    """P(adversarial) of a decision-feature logistic regression fitted on all stored points
+    (clean vs every attack): a reading aid for the map, not the audited detector."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from analysis.store import AnalysisStore
+    from app.state import get_run
+
+    store = AnalysisStore(get_run(path))
+    keys, features = [], []
+    for name in store.names():
+        if name == "clean" or name.startswith("attack-"):
+            f = store.array(name, "log_probs")
+            keys += [("clean" if name == "clean" else name[7:], i) for i in range(len(f))]
+            features.append(f.reshape(len(f), -1))
+    x = np.concatenate(features)
+    y = np.array([k[0] != "clean" for k in keys])
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
+    return dict(zip(keys, clf.predict_proba(x)[:, 1].round(3)))
+
+
+def image_of(path: str, sha: str, kind: str, source: int, row: int) -> np.ndarray:
+    """(H, W, C) image of a clean input or of a stored adversarial one."""
+    from analysis.store import AnalysisStore
+    from app.state import get_run, split_tensors
+
+    run = get_run(path)
+    if kind == "clean":
+        images, _, _ = split_tensors(run, "test")
+        return images[source].permute(1, 2, 0).numpy()
+    return AnalysisStore(run).array(f"attack-{kind}", "x_adv")[row].transpose(1, 2, 0)
+
+
+def path_of(path: str, sha: str, kind: str, row: int) -> str:
+    table = get_analysis_table(path, sha, "clean" if kind == "clean" else f"attack-{kind}", "rows")
+    return "-".join(str(table.iloc[row][c]) for c in table.columns if c.startswith("path_"))
+
+
 table = points(path, sha, int(neighbors), float(min_dist))
 kinds = list(dict.fromkeys(table["kind"]))
 shown = cols[2].multiselect("Show", kinds, default=kinds, key="umap_kinds")
@@ -39,7 +81,12 @@ st.download_button("Download points (CSV)", view.to_csv(index=False), file_name=
                    mime="text/csv")
 if len(selected):
     st.subheader(f"{len(selected)} selected")
-    summary = selected.groupby("kind").agg(points=("source", "size"), wrong=("pred", lambda p: int(
-        (p != selected.loc[p.index, "label"]).sum())))
-    st.dataframe(summary)
-    st.dataframe(selected[["kind", "source", "label", "pred"]].head(200), hide_index=True)
+    scores = detector_scores(path, sha)
+    shown = selected.head(12)
+    st.image([image_of(path, sha, row.kind, int(row.source), int(row.row)) for row in shown.itertuples()], width=56,
+             caption=[f"{r.kind} #{r.source}: {r.label}->{r.pred}" for r in shown.itertuples()])
+    details = selected[["kind", "source", "label", "pred"]].copy()
+    details["detector score"] = [scores.get((r.kind, int(r.row)), float("nan")) for r in selected.itertuples()]
+    details["path"] = [path_of(path, sha, r.kind, int(r.row)) for r in selected.itertuples()]
+    st.dataframe(details.head(500), hide_index=True,
+                 column_config={"detector score": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import socket
 import subprocess
 import sys
@@ -26,14 +27,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextmanager
+def _serving(log: Path, *runs: Path):
+    """`gatescope app [runs]` on a free loopback port; yields its URL once it answers."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {k: v for k, v in os.environ.items() if k != "GATESCOPE_RUNS"}
+    env = {k: v for k, v in os.environ.items() if k not in ("GATESCOPE_RUNS", "GATESCOPE_ROOTS")}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "app", "--port", str(port)], cwd=REPO,
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "app", *map(str, runs), "--port", str(port)],
+                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -50,6 +51,12 @@ def server(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with _serving(tmp_path_factory.mktemp("server") / "server.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +203,32 @@ def test_uploaded_runs_are_checked_in_chromium(server, browser, tmp_path):
     page.wait_for_selector("text=Uploaded run added to the Run list", timeout=60_000)
     _wait_idle(page)
     page.screenshot(path=str(_shots(tmp_path) / "upload-run.png"), full_page=True)
+
+
+def test_lasso_on_the_decision_feature_map_in_chromium(browser, analysed_run, tmp_path):
+    with _serving(tmp_path / "server.log", analysed_run) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        errors = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(url)
+        _wait_idle(page)
+        page.locator('[data-testid="stSidebarNavLink"]', has_text="Decision-feature map").click()
+        chart = page.locator('[data-testid="stPlotlyChart"]').first
+        chart.wait_for(timeout=120_000)
+        _wait_idle(page)
+        box = page.locator('[data-testid="stPlotlyChart"] .nsewdrag').first.bounding_box()
+        x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
+        page.mouse.move(x0 + 0.05 * w, y0 + 0.05 * h)  # a lasso around (nearly) the whole plot
+        page.mouse.down()
+        for fx, fy in ((0.95, 0.05), (0.95, 0.95), (0.05, 0.95), (0.05, 0.06)):
+            page.mouse.move(x0 + fx * w, y0 + fy * h, steps=8)
+        page.mouse.up()
+        page.wait_for_selector("h3:has-text('selected')", timeout=60_000)
+        page.wait_for_selector("[data-testid='stMain'] img, [data-testid='stException']", timeout=90_000)
+        _wait_idle(page)
+        page.screenshot(path=str(_shots(tmp_path) / "lasso.png"), full_page=True)
+        heading = page.locator("h3:has-text('selected')").inner_text()
+        assert int(heading.split()[0]) > 50
+        assert page.locator("img").count() >= 1, "thumbnails of the selected inputs"
+        assert page.locator('[data-testid="stException"]').count() == 0
+        assert not errors, errors
