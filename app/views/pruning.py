@@ -5,6 +5,7 @@ import json
 import numpy as np
 import streamlit as st
 
+from analysis.scratch import save_structure
 from app import figures
 from app.state import (
     get_mask_curve, get_mask_search, get_static_search, get_thresholded_outputs, sidebar, try_outputs,
@@ -55,8 +56,14 @@ def static_slider() -> None:
     cols[2].metric("Accuracy", "needs retraining", help="Build the structure and train it: gatescope prune train")
     labels = [f"layer {i}" for i in range(len(s.widths))]
     st.plotly_chart(figures.width_bars(s.full_widths, s.widths, labels), key="static_bars")
-    st.download_button("Export structure (JSON)", json.dumps(s.to_json(), indent=2),
-                       file_name=f"{run.path.name}-p{round(p * 100)}.json", mime="application/json")
+    cols = st.columns(2)
+    cols[0].download_button("Export structure (JSON)", json.dumps(s.to_json(), indent=2),
+                            file_name=f"{run.path.name}-p{round(p * 100)}.json", mime="application/json")
+    out = run.path.parent / f"{run.path.name}-pruned-p{round(p * 100)}"
+    if cols[1].button(f"Build a pruned run folder ({out.name})", key="build_pruned"):
+        save_structure(run.meta, s, out, origin=str(run.path))
+        st.success(f"Built `{out}` (fresh random weights, untrained). Train it with "
+                   f"`gatescope prune train {out} {out}-trained`.")
 
 
 if gated_convs(run.model):

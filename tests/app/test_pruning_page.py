@@ -30,3 +30,20 @@ def test_static_slider_on_an_ungated_run_reports_structure_and_needs_retraining(
     assert _metrics(at)["Accuracy"] == "needs retraining"
     message = [e.value for e in (*at.success, *at.warning)][0]
     assert "removes 50." in message or "removes 49." in message
+
+
+def test_build_button_writes_a_loadable_pruned_run_next_to_the_run(open_app, tmp_path):
+    import shutil
+
+    from models import cost_model, load_run
+
+    run = tmp_path / "baseline"
+    shutil.copytree(BASELINE_RUN, run)
+    at = open_app(run, page=PAGE)
+    at.slider(key="static_target").set_value(0.4).run()
+    at.button(key="build_pruned").click().run()
+    assert not at.exception
+    built = load_run(tmp_path / "baseline-pruned-p40")
+    structure = built.meta.metrics["structure"]
+    assert cost_model(built.model, (1, 28, 28)).ungated_macs == structure["macs"]
+    assert "gatescope prune train" in at.success[-1].value
