@@ -193,3 +193,27 @@ def attribution_map(attr: np.ndarray) -> go.Figure:
     fig.update_layout(xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False, scaleanchor="x"),
                       margin=dict(l=10, r=10, t=30, b=10), height=320)
     return fig
+
+
+def figure_data(fig: go.Figure) -> pd.DataFrame:
+    """The data behind any figure here, as one long table (one row per point, cell or link)."""
+    frames = []
+    for i, t in enumerate(fig.data):
+        name = t.name or t.type
+        if t.type == "sankey":
+            labels = list(t.node.label)
+            frames.append(pd.DataFrame({"source": [labels[s] for s in t.link.source],
+                                        "target": [labels[s] for s in t.link.target], "value": list(t.link.value)}))
+        elif getattr(t, "z", None) is not None:
+            z = np.asarray(t.z, dtype=float)
+            xs = list(t.x) if t.x is not None else list(range(z.shape[1]))
+            ys = list(t.y) if t.y is not None else list(range(z.shape[0]))
+            frames.append(pd.DataFrame({"y": np.repeat(ys, z.shape[1]), "x": np.tile(xs, z.shape[0]),
+                                        "value": z.ravel()}))
+        else:
+            frame = pd.DataFrame({"x": np.asarray(t.x)} if t.x is not None else {})
+            if getattr(t, "y", None) is not None:
+                frame["y"] = np.asarray(t.y)
+            frames.append(frame)
+        frames[-1].insert(0, "trace", name)
+    return pd.concat(frames, ignore_index=True)

@@ -5,6 +5,7 @@ import streamlit as st
 
 from analysis.detection import confusion_at
 from app import figures
+from app.widgets import chart
 from app.state import get_analysis, get_analysis_table, sidebar
 
 run, _ = sidebar()
@@ -37,7 +38,7 @@ attacks = [a for a, s in results["attacks"].items() if s["detectors"]]
 attack = st.selectbox("Attack", attacks, key="detection_attack")
 detectors = results["attacks"][attack]["detectors"]
 left, right = st.columns(2)
-left.plotly_chart(figures.roc_curves(detectors), key="roc")
+chart(left, figures.roc_curves(detectors), key="roc")
 
 
 @st.fragment
@@ -55,19 +56,19 @@ with right:
 
 if results.get("layers", {}).get(attack):
     st.subheader("Which gated layers carry the signal")
-    st.plotly_chart(figures.layer_auc(results["layers"][attack]), key="layer_auc")
+    chart(st, figures.layer_auc(results["layers"][attack]), key="layer_auc")
 
 clean = get_analysis_table(path, sha, "clean", "rows")
 adv = get_analysis_table(path, sha, f"attack-{attack}", "rows")
 if clean is not None and adv is not None:
     ungated = run.meta.metrics.get("ungated_macs") or float(clean["macs"].max())
     st.subheader("Counted MACs of clean and attacked inputs")
-    st.plotly_chart(figures.macs_clean_vs_attacked(clean["macs"] / ungated,
+    chart(st, figures.macs_clean_vs_attacked(clean["macs"] / ungated,
                                                    {attack: adv.loc[adv["success"], "macs"] / ungated}), key="macs_cmp")
 
 if results.get("transfer"):
     st.subheader("Transfer between attacks (decision-feature detector)")
-    st.plotly_chart(figures.transfer_heatmap(results["transfer"]), key="transfer")
+    chart(st, figures.transfer_heatmap(results["transfer"]), key="transfer")
 a = results.get("adaptive")
 if a:
     st.subheader("Adaptive attack")

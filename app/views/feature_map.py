@@ -6,6 +6,7 @@ import streamlit as st
 
 from analysis.analyze import umap_points
 from app import figures
+from app.widgets import chart
 from app.state import get_analysis_table, sidebar
 
 run, _ = sidebar()
@@ -74,11 +75,9 @@ shown = cols[2].multiselect("Show", kinds, default=kinds, key="umap_kinds")
 view = table[table["kind"].isin(shown)].reset_index(drop=True)
 st.caption("Fitted on clean inputs; attacked inputs (successful attacks only) are transformed into it. "
            "Colour: true class; marker: clean or attack. Draw a lasso or a box to inspect points.")
-event = st.plotly_chart(figures.decision_map(view, run.meta.class_names), key="umap", on_select="rerun",
+event = chart(st, figures.decision_map(view, run.meta.class_names), key="umap", on_select="rerun",
                         selection_mode=("lasso", "box"))
 selected = view.iloc[list(event.selection.point_indices)] if event and event.selection else view.iloc[:0]
-st.download_button("Download points (CSV)", view.to_csv(index=False), file_name=f"{run.path.name}-umap.csv",
-                   mime="text/csv")
 if len(selected):
     st.subheader(f"{len(selected)} selected")
     scores = detector_scores(path, sha)

@@ -5,6 +5,7 @@ import streamlit as st
 
 from analysis import macs_summary
 from app import figures
+from app.widgets import chart
 from app.state import sidebar, training_log, try_outputs
 from models import cost_model, gated_convs
 
@@ -40,12 +41,12 @@ cols[0].metric("Accuracy (recomputed)", f"{outputs.accuracy:.2%}")
 cols[1].metric("Mean counted MACs", f"{summary['mean']:.1%}", help="of the ungated network; counted, not measured")
 cols[2].metric("Median", f"{summary['median']:.1%}")
 cols[3].metric("Min / max", f"{summary['min']:.1%} / {summary['max']:.1%}")
-st.plotly_chart(figures.macs_histogram(outputs.macs_ratio), key="macs_hist")
+chart(st, figures.macs_histogram(outputs.macs_ratio), key="macs_hist")
 
 log = training_log(run)
 if not log.empty:
     st.subheader("Training")
-    st.plotly_chart(figures.training_curves(log), key="train_curves")
+    chart(st, figures.training_curves(log), key="train_curves")
 
 if gates:
     st.subheader("Mask utilisation")
@@ -57,7 +58,7 @@ if gates:
         st.warning(f"Collapse: in gate(s) {collapsed} one action is chosen by more than "
                    f"{COLLAPSE_SHARE:.0%} of inputs; those layers behave like static ones.")
     st.caption("Dead actions per gate (never chosen on this split): " + ", ".join(f"gate {l}: {d}/{k}" for l, d in enumerate(dead)))
-    st.plotly_chart(figures.action_usage(outputs.paths, k), key="action_usage")
+    chart(st, figures.action_usage(outputs.paths, k), key="action_usage")
     layer = st.selectbox("Per-class action preference of gate", range(len(gates)), key="class_pref_layer")
-    st.plotly_chart(figures.class_action_preference(outputs.paths, outputs.labels, layer, meta.class_names, k),
+    chart(st, figures.class_action_preference(outputs.paths, outputs.labels, layer, meta.class_names, k),
                     key="class_pref")

@@ -11,6 +11,7 @@ from analysis.attribution import decision_attribution
 from analysis.images import ImageError, image_to_input
 from analysis.paths import changed_layers, decision_path, sankey_links
 from app import figures
+from app.widgets import chart
 from app.state import get_analysis_table, sidebar, split_tensors, try_outputs
 from models import gated_convs
 
@@ -78,10 +79,10 @@ with right:
 changed = changed_layers(clean, attacked)
 st.markdown(f"**Layers whose decision changed under attack:** {', '.join(f'gate {l}' for l in changed) or 'none'}")
 cols = st.columns(2)
-cols[0].plotly_chart(figures.path_heatmap(clean.probs, clean.actions, title="clean"), key="path_clean")
-cols[1].plotly_chart(figures.path_heatmap(attacked.probs, attacked.actions, changed=changed, title="attacked"),
+chart(cols[0], figures.path_heatmap(clean.probs, clean.actions, title="clean"), key="path_clean")
+chart(cols[1], figures.path_heatmap(attacked.probs, attacked.actions, changed=changed, title="attacked"),
                      key="path_attacked")
-st.plotly_chart(figures.channel_strips(clean.masks), key="strips")
+chart(st, figures.channel_strips(clean.masks), key="strips")
 per_layer = pd.DataFrame({"layer": clean.layer_names, "MACs (clean)": clean.layer_macs,
                           "MACs (attacked)": attacked.layer_macs})
 st.dataframe(per_layer, hide_index=True)
@@ -96,21 +97,21 @@ layer = c1.selectbox("Gated layer", range(len(clean.actions)), format_func=lambd
 method = c2.radio("Method", ["integrated_gradients", "saliency"], horizontal=True, key="attr_method")
 attr, action, prob = decision_attribution(model, x, layer, method=method)
 st.caption(f"Attribution of p(action {action}) = {prob:.3f} at gate {layer} with respect to the input.")
-st.plotly_chart(figures.attribution_map(attr), key="attribution")
+chart(st, figures.attribution_map(attr), key="attribution")
 
 if not problem:
     st.subheader("Paths of one class")
     outputs, _ = try_outputs(run, split_name)
     cls = st.selectbox("Class", range(len(meta.class_names)), format_func=lambda c: meta.class_names[c],
                        key="sankey_class")
-    st.plotly_chart(figures.sankey(*sankey_links(outputs.paths[outputs.labels == cls]),
+    chart(st, figures.sankey(*sankey_links(outputs.paths[outputs.labels == cls]),
                                    title=f"clean inputs of class {meta.class_names[cls]}"), key="sankey_clean")
     adv = get_analysis_table(str(run.path), meta.weights_sha256, f"attack-{attack_name}", "rows")
     if adv is not None and split_name == "test":
         rows = adv[adv["success"] & (adv["label"] == cls)]
         gate_cols = [c for c in rows.columns if c.startswith("path_")]
         if len(rows):
-            st.plotly_chart(figures.sankey(*sankey_links(rows[gate_cols].to_numpy()),
+            chart(st, figures.sankey(*sankey_links(rows[gate_cols].to_numpy()),
                                            title=f"the same class attacked with {attack_name} (stored analysis)"),
                             key="sankey_attacked")
     else:

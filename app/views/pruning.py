@@ -7,6 +7,7 @@ import streamlit as st
 
 from analysis.scratch import save_structure
 from app import figures
+from app.widgets import chart
 from app.state import (
     get_mask_curve, get_mask_search, get_static_search, get_thresholded_outputs, sidebar, try_outputs,
 )
@@ -35,10 +36,10 @@ def dynamic_slider() -> None:
                    delta=f"{(pruned.accuracy - outputs.accuracy) * 100:+.2f} pt")
     cols[3].metric("Predicted from cached decisions", f"{found.predicted_ratio:.1%}")
     labels = [f"gate {i}" for i in range(len(gated_convs(run.model)))]
-    st.plotly_chart(figures.width_bars(outputs.active.mean(0).tolist(), pruned.active.mean(0).tolist(), labels,
+    chart(st, figures.width_bars(outputs.active.mean(0).tolist(), pruned.active.mean(0).tolist(), labels,
                                        unit="mean active channels"), key="mask_bars")
     curve = get_mask_curve(path, sha, tuple(np.round(np.linspace(0.0, 0.9, 19), 3)))
-    st.plotly_chart(figures.accuracy_vs_macs(curve, (float(pruned.macs_ratio.mean()), pruned.accuracy),
+    chart(st, figures.accuracy_vs_macs(curve, (float(pruned.macs_ratio.mean()), pruned.accuracy),
                                              label="accuracy without retraining"), key="mask_curve")
 
 
@@ -55,7 +56,7 @@ def static_slider() -> None:
                    delta_color="inverse")
     cols[2].metric("Accuracy", "needs retraining", help="Build the structure and train it: gatescope prune train")
     labels = [f"layer {i}" for i in range(len(s.widths))]
-    st.plotly_chart(figures.width_bars(s.full_widths, s.widths, labels), key="static_bars")
+    chart(st, figures.width_bars(s.full_widths, s.widths, labels), key="static_bars")
     cols = st.columns(2)
     cols[0].download_button("Export structure (JSON)", json.dumps(s.to_json(), indent=2),
                             file_name=f"{run.path.name}-p{round(p * 100)}.json", mime="application/json")
