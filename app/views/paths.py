@@ -40,9 +40,14 @@ else:
     if how == "by class":
         cls = st.selectbox("Class", range(len(meta.class_names)), format_func=lambda c: meta.class_names[c], key="cls")
         members = np.flatnonzero(labels.numpy() == cls)[:12]
-        st.image([images[i].permute(1, 2, 0).numpy() for i in members], width=56,
-                 caption=[str(i) for i in members])
-        index = st.selectbox("Input (index)", members.tolist(), key="class_index")
+        if st.session_state.get("class_index") not in members:
+            st.session_state["class_index"] = int(members[0])
+        for col, i in zip(st.columns(len(members)), members):
+            col.image(images[i].permute(1, 2, 0).numpy(), width=48)
+            if col.button(f"#{i}", key=f"thumb-{i}", help="open this input"):
+                st.session_state["class_index"] = int(i)
+        index = st.session_state["class_index"]
+        st.caption(f"Input #{index}: click a thumbnail's button to open another.")
     else:
         index = st.number_input("Input index", 0, len(images) - 1, 0, key="index")
     x, label = images[int(index):int(index) + 1], int(labels[int(index)])

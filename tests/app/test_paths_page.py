@@ -40,6 +40,12 @@ def test_by_class_and_attribution_controls(open_app):
     at.selectbox(key="cls").set_value(7).run()
     assert not at.exception
     assert [m.label for m in at.metric][0] == "Prediction (label 7)"
+    first = at.caption[0].value
+    thumbs = [b for b in at.button if b.key.startswith("thumb-")]
+    assert len(thumbs) == 12
+    thumbs[3].click().run()  # clicking a thumbnail opens that input
+    assert not at.exception
+    assert at.caption[0].value != first and thumbs[3].label in at.caption[0].value
     at.radio(key="attr_method").set_value("saliency").run()
     at.selectbox(key="attr_layer").set_value(2).run()
     assert not at.exception
