@@ -35,6 +35,10 @@ def dynamic_slider() -> None:
     cols[2].metric("Accuracy without retraining", f"{pruned.accuracy:.2%}",
                    delta=f"{(pruned.accuracy - outputs.accuracy) * 100:+.2f} pt")
     cols[3].metric("Predicted from cached decisions", f"{found.predicted_ratio:.1%}")
+    st.download_button("Export threshold (JSON)", json.dumps({
+        **found.__dict__, "evaluated_ratio": float(pruned.macs_ratio.mean()), "accuracy_without_retraining":
+        pruned.accuracy, "run": str(run.path), "weights_sha256": sha}, indent=2),
+        file_name=f"{run.path.name}-mask-threshold-p{round(p * 100)}.json", mime="application/json", key="export_mask")
     labels = [f"gate {i}" for i in range(len(gated_convs(run.model)))]
     chart(st, figures.width_bars(outputs.active.mean(0).tolist(), pruned.active.mean(0).tolist(), labels,
                                        unit="mean active channels"), key="mask_bars")

@@ -20,6 +20,7 @@ def test_dynamic_slider_thresholds_masks_and_labels_accuracy_without_retraining(
     assert float(shown["Counted MACs (evaluated)"].rstrip("%")) < 40.0  # the default model sits near 43%
     at.slider(key="mask_target").set_value(0.75).run()
     assert float(_metrics(at)["Counted MACs (evaluated)"].rstrip("%")) < 30.0
+    assert any(b.label == "Export threshold (JSON)" for b in at.get("download_button"))
 
 
 def test_static_slider_on_an_ungated_run_reports_structure_and_needs_retraining(open_app):
