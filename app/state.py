@@ -172,3 +172,12 @@ def split_tensors(run: Run, split: str):
         return images, labels, None
     except DatasetError as e:
         return None, None, f"This model was trained on `{run.meta.dataset}`, which cannot be opened here: {e}"
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def get_analysis_array(path: str, weights_sha256: str, name: str, key: str):
+    """A stored analysis array, read once per session cache (None when absent or stale)."""
+    from analysis.store import AnalysisStore
+
+    store = AnalysisStore(get_run(path))
+    return store.array(name, key) if store.params(name) is not None else None

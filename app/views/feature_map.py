@@ -54,14 +54,12 @@ def detector_scores(path: str, sha: str) -> dict:
 
 def image_of(path: str, sha: str, kind: str, source: int, row: int) -> np.ndarray:
     """(H, W, C) image of a clean input or of a stored adversarial one."""
-    from analysis.store import AnalysisStore
-    from app.state import get_run, split_tensors
+    from app.state import get_analysis_array, get_run, split_tensors
 
-    run = get_run(path)
     if kind == "clean":
-        images, _, _ = split_tensors(run, "test")
+        images, _, _ = split_tensors(get_run(path), "test")
         return images[source].permute(1, 2, 0).numpy()
-    return AnalysisStore(run).array(f"attack-{kind}", "x_adv")[row].transpose(1, 2, 0)
+    return get_analysis_array(path, sha, f"attack-{kind}", "x_adv")[row].transpose(1, 2, 0)  # read once, cached
 
 
 def path_of(path: str, sha: str, kind: str, row: int) -> str:

@@ -8,10 +8,11 @@ pytestmark = pytest.mark.app
 PAGE = "views/detection.py"
 
 
-def test_without_analysis_the_page_says_how_to_compute_it(open_app, tmp_path):
+@pytest.mark.parametrize("page", [PAGE, "views/feature_map.py"])
+def test_without_analysis_the_page_says_how_to_compute_it(open_app, tmp_path, page):
     run = tmp_path / "fresh"
     shutil.copytree(DEFAULT_RUN, run, ignore=shutil.ignore_patterns("analysis"))
-    at = open_app(run, page=PAGE)
+    at = open_app(run, page=page)
     assert "gatescope analyze" in at.info[0].value
 
 

@@ -1,18 +1,7 @@
-import shutil
-
 import pytest
-
-from conftest import DEFAULT_RUN
 
 pytestmark = pytest.mark.app
 PAGE = "views/feature_map.py"
-
-
-def test_without_features_the_page_says_how_to_compute_them(open_app, tmp_path):
-    run = tmp_path / "fresh"
-    shutil.copytree(DEFAULT_RUN, run, ignore=shutil.ignore_patterns("analysis"))
-    at = open_app(run, page=PAGE)
-    assert "gatescope analyze" in at.info[0].value
 
 
 def test_map_shows_clean_and_attacked_points_and_filters_them(open_app, analysed_run):
