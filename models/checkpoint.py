@@ -17,11 +17,13 @@ import torch
 
 from .files import atomic_write_bytes, atomic_write_json, sha256_bytes
 from .network import Network
-from .registry import create_model, list_models
+from .registry import create_model
+from .schema import SchemaError, check_meta, declared_state
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
 FORMAT = 1  # bumped when model.json changes incompatibly
+MAX_META_BYTES = 16 * 2**20
 
 
 class RunError(Exception):
@@ -84,33 +86,40 @@ def update_metrics(path: str | Path, metrics: dict[str, Any]) -> RunMeta:
 
 
 def read_meta(path: str | Path) -> RunMeta:
-    """Read and check ``model.json`` of a run folder without touching the weights."""
+    """Read ``model.json`` of a run folder and check it against the schema
+    (:mod:`models.schema`) without touching the weights."""
     path = Path(path)
     file = path / META
     if not path.is_dir():
         raise RunError(f"{path}: no such run folder (expected a folder holding {META} and {WEIGHTS})")
     if not file.is_file():
         raise RunError(f"{file}: missing; a run folder holds {META} and {WEIGHTS}")
+    if file.stat().st_size > MAX_META_BYTES:
+        raise RunError(f"{file}: {file.stat().st_size:,} bytes; a {META} is at most {MAX_META_BYTES:,}")
     try:
-        raw = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{file}: not valid JSON ({e})") from None
+        raw = json.loads(file.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise RunError(f"{file}: not valid JSON ({str(e)[:200]})") from None
     if not isinstance(raw, dict):
         raise RunError(f"{file}: expected a JSON object, found {type(raw).__name__}")
     if raw.get("format") != FORMAT:
-        raise RunError(f"{file}: format is {raw.get('format')!r}; this gatescope reads format {FORMAT}")
+        raise RunError(f"{file}: format is {str(raw.get('format'))[:40]!r}; this gatescope reads format {FORMAT}")
     required = [f.name for f in fields(RunMeta) if f.default is MISSING and f.default_factory is MISSING]
     missing = [n for n in required if n not in raw]
     if missing:
         raise RunError(f"{file}: missing field(s) {', '.join(missing)}")
-    meta = RunMeta(**{f.name: raw[f.name] for f in fields(RunMeta) if f.name in raw})
-    if meta.arch not in list_models():
-        raise RunError(f"{file}: \"arch\" is {meta.arch!r}; known: {', '.join(list_models())}")
-    return meta
+    try:
+        check_meta(raw)
+    except SchemaError as e:
+        raise RunError(f"{file}: {e}") from None
+    return RunMeta(**{f.name: raw[f.name] for f in fields(RunMeta) if f.name in raw})
 
 
 def load_run(path: str | Path, *, map_location: str = "cpu") -> Run:
     """Load a run folder: build its architecture and load its weights strictly, in eval mode.
+
+    The declared network's size is checked before the weights file is read, and the weights
+    must be finite.
 
     >>> run = load_run("assets/mnist5k/dynamic")
     >>> logits, decisions = run.model.decide(images)
@@ -120,24 +129,44 @@ def load_run(path: str | Path, *, map_location: str = "cpu") -> Run:
     file = path / WEIGHTS
     if not file.is_file():
         raise RunError(f"{file}: missing; a run folder holds {META} and {WEIGHTS}")
+    declared = _declared(path / META, meta)
+    limit = 2 * sum(shape.numel() * dtype.itemsize for shape, dtype in declared.values()) + 2**20
+    if file.stat().st_size > limit:
+        raise RunError(f"{file}: {file.stat().st_size:,} bytes, far more than the {meta.arch!r} declared in {META} "
+                       f"needs; refused without reading it")
     data = file.read_bytes()
     if meta.weights_sha256 and sha256_bytes(data) != meta.weights_sha256:
         raise RunError(f"{file}: SHA-256 differs from {META}'s weights_sha256 (edited or partly written)")
     try:
         state = safetensors.torch.load(data)
     except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise RunError(f"{file}: not a readable safetensors file ({e})") from None
+        raise RunError(f"{file}: not a readable safetensors file ({str(e)[:200]})") from None
+    return Run(path=path, model=model_from_state(meta, state, file).to(map_location), meta=meta)
+
+
+def model_from_state(meta: RunMeta, state: dict[str, torch.Tensor], source: Path) -> Network:
+    """The network ``meta`` declares, holding ``state`` (checked: names, shapes, finite values), in
+    eval mode. ``source`` names the weights in error messages."""
+    declared = _declared(source, meta)
+    wrong = sorted(set(state) ^ set(declared))
+    wrong += [k for k in state if k in declared and tuple(state[k].shape) != tuple(declared[k][0])]
+    if wrong:
+        raise RunError(f"{source}: weights do not fit {meta.arch!r} as declared in {META} "
+                       f"({len(wrong)} missing, extra or misshapen, e.g. {wrong[0][:80]!r})")
+    bad = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise RunError(f"{source}: weights hold NaN or infinite values (in {', '.join(bad[:3])}"
+                       f"{', ...' if len(bad) > 3 else ''})")
+    model = build_model(meta)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _declared(source: Path, meta: RunMeta) -> dict:
     try:
-        model = build_model(meta)
-    except (TypeError, ValueError) as e:
-        raise RunError(f"{path / META}: arguments do not build {meta.arch!r} ({e})") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1:4]
-        raise RunError(f"{file}: weights do not fit {meta.arch!r} as declared in {META}: {' '.join(s.strip() for s in first)}") from None
-    model.to(map_location).eval()
-    return Run(path=path, model=model, meta=meta)
+        return declared_state(meta.arch, meta.arch_args, meta.input_shape)
+    except SchemaError as e:
+        raise RunError(f"{source}: {e}") from None
 
 
 def find_runs(root: str | Path, *, max_depth: int = 3) -> list[Path]:

@@ -35,12 +35,13 @@ class Network(nn.Module):
 
     def __init__(self, *, in_channels: int, mean: tuple[float, ...] | None, std: tuple[float, ...] | None):
         super().__init__()
-        mean_t = torch.tensor(mean if mean is not None else [0.0] * in_channels, dtype=torch.float32)
-        std_t = torch.tensor(std if std is not None else [1.0] * in_channels, dtype=torch.float32)
-        if mean_t.numel() != in_channels or std_t.numel() != in_channels:
-            raise ValueError(f"mean/std need {in_channels} values, got {mean_t.numel()} and {std_t.numel()}")
-        if bool((std_t <= 0).any()):
-            raise ValueError(f"std must be positive, got {std_t.tolist()}")
+        mean = list(mean) if mean is not None else [0.0] * in_channels
+        std = list(std) if std is not None else [1.0] * in_channels
+        if len(mean) != in_channels or len(std) != in_channels:
+            raise ValueError(f"mean/std need {in_channels} values, got {len(mean)} and {len(std)}")
+        if any(s <= 0 for s in std):
+            raise ValueError(f"std must be positive, got {std}")
+        mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
         self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
         self.register_buffer("std", std_t.view(1, -1, 1, 1))
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from typing import Any, Callable, Generic, TypeVar
 
 from .network import Network
@@ -51,6 +52,12 @@ def register_model(name: str) -> Callable[[Callable[..., Network]], Callable[...
 def list_models(pattern: str = "*") -> list[str]:
     """Registered architecture names matching a glob pattern, sorted."""
     return _BUILDERS.names(pattern)
+
+
+def builder_defaults(name: str) -> dict[str, Any]:
+    """The keyword arguments of a registered architecture's builder, with their defaults."""
+    params = inspect.signature(_BUILDERS.get(name)).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 def create_model(name: str, **kwargs: Any) -> Network:
