@@ -89,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute everything")
     p.set_defaults(func=_analyze)
 
+    p = sub.add_parser("import", help="turn torch.save'd weights (.pt/.pth) into a run folder, safely",
+                       description="Reads WEIGHTS with torch.load(weights_only=True): tensors only, nothing "
+                                   "in the file is executed. The architecture, classes and normalisation come "
+                                   "from the run folder given with --like.")
+    p.add_argument("weights", type=Path, help="a .pt/.pth state dict")
+    p.add_argument("out", type=Path, help="run folder to write")
+    p.add_argument("--like", type=Path, required=True, help="a run folder whose model.json describes these weights")
+    p.set_defaults(func=_import)
+
     p = sub.add_parser("list", help="registered architectures, dataset kinds, attacks and detectors")
     p.set_defaults(func=_list)
 
@@ -148,9 +157,10 @@ def _search(args: argparse.Namespace) -> int:
         print(f"{s.message}\nwidths {s.widths} (of {s.full_widths})\nMACs {s.macs:,.0f} of {s.full_macs:,.0f}; "
               f"params {s.params:,.0f} of {s.full_params:,.0f}")
     elif run.meta.arch_args.get("gated"):
-        from analysis import collect, load_dataset
+        from analysis import collect
+        from analysis.datasets import load_run_dataset
 
-        out = collect(run.model, load_dataset(run.meta.dataset, "test"))
+        out = collect(run.model, load_run_dataset(run.meta, "test"))
         t = MaskSearch(cost_model(run.model, tuple(run.meta.input_shape)), mask_banks(run.model), out.paths)(args.target)
         print(t.message)
     else:
@@ -194,6 +204,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from models import read_meta
+    from models.convert import import_torch_weights
+
+    meta = import_torch_weights(args.weights, read_meta(args.like), args.out)
+    print(f"wrote {args.out} ({meta.arch}, weights SHA-256 {meta.weights_sha256[:12]}...)")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from analysis import list_datasets
     from analysis.attacks import list_attacks
@@ -234,7 +253,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _app(args: argparse.Namespace) -> int:
-    from app.state import ROOTS_ENV, RUNS_ENV
+    from app.roots import ROOTS_ENV, RUNS_ENV
     from models import read_meta
 
     runs = [p.resolve() for p in args.runs] or ([] if args.root else [DEFAULT_RUN])
