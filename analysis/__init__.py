@@ -1,12 +1,12 @@
 """gatescope.analysis: datasets, training and computation on trained networks (no UI)."""
 
 from .datasets import DatasetError, DatasetSplit, list_datasets, load_dataset, register_dataset
-from .evaluation import Outputs, collect, decision_features, macs_summary, one_hot_paths, path_diversity
+from .evaluation import NonFiniteError, Outputs, collect, decision_features, macs_summary, one_hot_paths, path_diversity
 from .trainer import TrainError
 from .training import TrainConfig, train
 
 __all__ = [
-    "DatasetError", "DatasetSplit", "Outputs", "TrainConfig", "TrainError", "collect",
+    "DatasetError", "DatasetSplit", "NonFiniteError", "Outputs", "TrainConfig", "TrainError", "collect",
     "decision_features", "list_datasets", "load_dataset", "macs_summary", "one_hot_paths",
     "path_diversity", "register_dataset", "train",
 ]

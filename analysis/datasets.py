@@ -67,6 +67,23 @@ def load_dataset(spec: str, split: str = "test") -> DatasetSplit:
     return _OPENERS.get(name)(root or None, split)
 
 
+def load_run_dataset(meta, split: str = "test") -> DatasetSplit:
+    """The split of the dataset a run (its ``RunMeta``) was trained on, checked against the
+    run: the same class names in the same order and the same input shape, or a
+    :class:`DatasetError` saying what differs (labels would silently mean other classes)."""
+    data = load_dataset(meta.dataset, split)
+    if list(data.class_names) != list(meta.class_names):
+        ours, theirs = list(meta.class_names), list(data.class_names)
+        diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        raise DatasetError(f"{meta.dataset}: its {len(theirs)} classes differ from the model's {len(ours)} "
+                           f"(first difference at class {diff}: dataset {theirs[diff] if diff < len(theirs) else None!r}, "
+                           f"model {ours[diff] if diff < len(ours) else None!r})")
+    if tuple(data.input_shape) != tuple(meta.input_shape):
+        raise DatasetError(f"{meta.dataset}: images are {tuple(data.input_shape)} (C, H, W); the model takes "
+                           f"{tuple(meta.input_shape)}")
+    return data
+
+
 def _spec(name: str, root: str | None) -> str:
     return f"{name}:{root}" if root else name
 

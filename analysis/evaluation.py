@@ -20,6 +20,19 @@ from models import Network, active_channels, cost_model, gated_convs
 from .datasets import DatasetSplit
 
 
+class NonFiniteError(ValueError):
+    """NaN or infinite inputs, outputs or gate values: reported, never analysed or plotted."""
+
+
+def check_finite(what: str, values: torch.Tensor, *, first_row: int = 0) -> None:
+    """Raise :class:`NonFiniteError` naming the rows of ``values`` (batch first) that hold NaN or inf."""
+    bad = ~torch.isfinite(values.reshape(len(values), -1)).all(1)
+    if bad.any():
+        rows = (bad.nonzero().flatten() + first_row).tolist()
+        raise NonFiniteError(f"{what} of {len(rows)} input(s) hold NaN or infinite values (rows "
+                             f"{', '.join(map(str, rows[:5]))}{', ...' if len(rows) > 5 else ''})")
+
+
 @dataclass
 class Outputs:
     """Per-input results of one pass (N inputs, L gated layers, K actions)."""
@@ -55,7 +68,12 @@ def collect(
     labels, preds, log_probs, paths, active, macs = [], [], [], [], [], []
     loader = DataLoader(split.dataset, batch_size=batch_size, shuffle=False)
     for x, y in tqdm(loader, desc=f"evaluate {split.spec}:{split.split}", disable=not progress, leave=False):
+        first = sum(len(a) for a in labels)
+        check_finite(f"{split.spec}:{split.split}: the images", x, first_row=first)
         logits, decisions = model.decide(x.to(device))
+        check_finite("the network's outputs", logits, first_row=first)
+        for i, d in enumerate(decisions):
+            check_finite(f"the gate values of gated layer {i}", d.log_probs, first_row=first)
         labels.append(y.numpy())
         preds.append(logits.argmax(1).cpu().numpy())
         if gated:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from models import Run, load_run
 
-from .datasets import load_dataset
+from .datasets import load_run_dataset
 from .evaluation import Outputs, class_probe, collect, decision_features, macs_summary, one_hot_paths, path_diversity
 
 
@@ -15,7 +17,8 @@ def run_report(run: Run, *, baseline: Run | None = None, dataset: str | None = N
     split and scored on its test split. ``baseline`` (an ungated run) adds its accuracy.
     """
     spec = dataset or run.meta.dataset
-    train_split, test_split = load_dataset(spec, "train"), load_dataset(spec, "test")
+    meta = dataclasses.replace(run.meta, dataset=spec)
+    train_split, test_split = load_run_dataset(meta, "train"), load_run_dataset(meta, "test")
     test = collect(run.model, test_split, progress=progress)
     report: dict = {"run": str(run.path), "dataset": spec, "test_images": len(test.labels),
                     "test_accuracy": test.accuracy, "macs_ratio": macs_summary(test),

@@ -13,12 +13,13 @@ import streamlit as st
 import torch
 from torch.utils.data import DataLoader
 
-from analysis import DatasetError, Outputs, collect, load_dataset
-from models import Run, RunError, find_runs, load_run
+from analysis import DatasetError, NonFiniteError, Outputs, collect
+from analysis.datasets import load_run_dataset
+from app.roots import PathError, command_line_runs, resolve_within, roots
+from models import Run, RunError, find_runs, load_run, read_meta
+from models.convert import import_torch_weights
 from models.files import atomic_write_bytes
 
-RUNS_ENV = "GATESCOPE_RUNS"  # os.pathsep-separated run folders, set by ``gatescope app``
-ROOTS_ENV = "GATESCOPE_ROOTS"  # os.pathsep-separated folders searched for run folders
 UPLOADS = Path(tempfile.gettempdir()) / "gatescope-uploads"  # uploaded runs, one folder per content hash
 DEFAULT_RUN = Path(__file__).resolve().parent.parent / "assets" / "mnist5k" / "dynamic"
 
@@ -26,10 +27,10 @@ DEFAULT_RUN = Path(__file__).resolve().parent.parent / "assets" / "mnist5k" / "d
 def run_paths() -> list[str]:
     """The run folders this app was started with, those found under its roots, and the runs
     uploaded in this session (the shipped default when there is none)."""
-    paths = [p for p in os.environ.get(RUNS_ENV, "").split(os.pathsep) if p]
-    for root in (r for r in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if r):
-        paths += [str(p) for p in _found_runs(root)]
-    paths += st.session_state.get("uploaded_runs", [])
+    paths = [str(p) for p in command_line_runs()]
+    for root in roots():
+        paths += [str(p) for p in _found_runs(str(root))]
+    paths += st.session_state.get("opened_runs", [])
     return list(dict.fromkeys(paths)) or [str(DEFAULT_RUN)]
 
 
@@ -38,26 +39,76 @@ def _found_runs(root: str) -> list[Path]:
     return find_runs(root)
 
 
+def store_uploaded_run(weights_name: str, weights: bytes, meta: bytes) -> Path:
+    """Check an uploaded weights file (safetensors, or a torch.save-d .pt/.pth read tensors-only)
+    and model.json, and keep them as a run folder in the uploads cache; raises RunError.
+
+    The files are checked in a private temporary folder, and only a run that loads is moved
+    (atomically) into the cache, so a bad upload leaves nothing behind."""
+    folder = UPLOADS / hashlib.sha256(weights + meta).hexdigest()[:16]
+    if (folder / "model.json").is_file():
+        return folder  # the same upload, checked before
+    UPLOADS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=UPLOADS, prefix=".check-", ignore_cleanup_errors=True) as tmp:
+        tmp = Path(tmp)
+        atomic_write_bytes(tmp / "model.json", meta)
+        try:
+            if Path(weights_name).suffix.lower() in (".pt", ".pth"):
+                atomic_write_bytes(tmp / "upload.pt", weights)
+                import_torch_weights(tmp / "upload.pt", read_meta(tmp), tmp)
+                (tmp / "upload.pt").unlink()
+            else:
+                atomic_write_bytes(tmp / "model.safetensors", weights)
+            load_run(tmp)
+        except RunError as e:
+            raise RunError(str(e).replace(str(tmp) + os.sep, "")) from None
+        try:
+            tmp.rename(folder)
+        except OSError:  # another session stored the same upload first
+            pass
+    return folder
+
+
 def _upload_run() -> None:
-    """Sidebar form: a model.safetensors + model.json pair becomes a run folder of this session."""
+    """Sidebar form: uploaded weights + model.json become a run folder of this session."""
     with st.sidebar.expander("Open an uploaded run"):
-        weights = st.file_uploader("model.safetensors", type=["safetensors"], key="upload_weights")
+        weights = st.file_uploader("Weights (model.safetensors, or a .pt/.pth state dict)",
+                                   type=["safetensors", "pt", "pth"], key="upload_weights")
         meta = st.file_uploader("model.json", type=["json"], key="upload_meta")
         if weights is None or meta is None:
             return
-        data_w, data_m = weights.getvalue(), meta.getvalue()
-        folder = UPLOADS / hashlib.sha256(data_w + data_m).hexdigest()[:16]
-        atomic_write_bytes(folder / "model.safetensors", data_w)
-        atomic_write_bytes(folder / "model.json", data_m)
         try:
-            load_run(folder)
+            folder = store_uploaded_run(weights.name, weights.getvalue(), meta.getvalue())
         except RunError as e:
-            st.error(f"This upload is not a usable run: {str(e).replace(str(folder) + '/', '')}")
+            st.error(f"This upload is not a usable run: {e}")
             return
-        uploaded = st.session_state.setdefault("uploaded_runs", [])
-        if str(folder) not in uploaded:
-            uploaded.append(str(folder))
+        _add_run(folder)
         st.success("Uploaded run added to the Run list.")
+
+
+def _open_path() -> None:
+    """Sidebar form: a run folder typed by path, accepted only inside the --root folders."""
+    with st.sidebar.expander("Open a run folder by path"):
+        if not roots():
+            st.caption("Start the app with `gatescope app --root FOLDER` to open run folders under FOLDER.")
+            return
+        text = st.text_input("Run folder", key="open_path", placeholder=str(roots()[0] / "my-run"))
+        if not text:
+            return
+        try:
+            folder = resolve_within(text, roots())
+            read_meta(folder)
+        except (PathError, RunError) as e:
+            st.error(f"Cannot open this folder: {e}")
+            return
+        _add_run(folder)
+        st.success(f"Added `{folder}` to the Run list.")
+
+
+def _add_run(folder: Path) -> None:
+    opened = st.session_state.setdefault("opened_runs", [])
+    if str(folder) not in opened:
+        opened.append(str(folder))
 
 
 @st.cache_resource(show_spinner="Loading the model...")
@@ -68,15 +119,20 @@ def get_run(path: str) -> Run:
 @st.cache_data(show_spinner="Running the model over the dataset...", max_entries=8)
 def get_outputs(path: str, weights_sha256: str, dataset: str, split: str) -> Outputs:
     """Per-input outputs of a run on a split (cached per weights hash, dataset and split)."""
-    return collect(get_run(path).model, load_dataset(dataset, split))
+    run = get_run(path)
+    return collect(run.model, load_run_dataset(run.meta, split))
 
 
 def try_outputs(run: Run, split: str) -> tuple[Outputs | None, str | None]:
     """The run's outputs on its own dataset, or a message saying what data it needs."""
     try:
         return get_outputs(str(run.path), run.meta.weights_sha256, run.meta.dataset, split), None
-    except DatasetError as e:
-        return None, f"This model was trained on `{run.meta.dataset}`, which cannot be opened here: {e}"
+    except (DatasetError, NonFiniteError) as e:
+        return None, _data_problem(run, e)
+
+
+def _data_problem(run: Run, error: Exception) -> str:
+    return f"This model was trained on `{run.meta.dataset}`, which cannot be used here: {error}"
 
 
 def training_log(run: Run) -> pd.DataFrame:
@@ -90,6 +146,7 @@ def training_log(run: Run) -> pd.DataFrame:
 def sidebar() -> tuple[Run, str]:
     """The run and split chosen in the sidebar."""
     _upload_run()
+    _open_path()
     paths = run_paths()
     path = st.sidebar.selectbox("Run", paths, format_func=lambda p: "/".join(Path(p).parts[-2:]), key="run")
     split = st.sidebar.radio("Split", ["test", "train"], horizontal=True, key="split")
@@ -128,7 +185,7 @@ def get_mask_curve(path: str, weights_sha256: str, targets: tuple[float, ...]) -
     from analysis.pruning import mask_threshold_curve
 
     run = get_run(path)
-    split = load_dataset(run.meta.dataset, "test")
+    split = load_run_dataset(run.meta, "test")
     return pd.DataFrame(mask_threshold_curve(run.model, split, get_mask_search(path, weights_sha256), targets))
 
 
@@ -138,7 +195,7 @@ def get_thresholded_outputs(path: str, weights_sha256: str, threshold: float) ->
     from analysis.pruning import threshold_masks
 
     run = get_run(path)
-    return collect(threshold_masks(run.model, threshold), load_dataset(run.meta.dataset, "test"), batch_size=250)
+    return collect(threshold_masks(run.model, threshold), load_run_dataset(run.meta, "test"), batch_size=250)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -160,18 +217,18 @@ def get_analysis_table(path: str, weights_sha256: str, name: str, key: str) -> p
 
 
 @st.cache_data(show_spinner="Loading images...", max_entries=4)
-def _split_tensors(dataset: str, split: str):
-    xs, ys = zip(*DataLoader(load_dataset(dataset, split).dataset, batch_size=500))
+def _split_tensors(path: str, split: str):
+    xs, ys = zip(*DataLoader(load_run_dataset(get_run(path).meta, split).dataset, batch_size=500))
     return torch.cat(xs), torch.cat(ys)
 
 
 def split_tensors(run: Run, split: str):
     """All images and labels of the run's dataset split, or a message saying what data it needs."""
     try:
-        images, labels = _split_tensors(run.meta.dataset, split)
+        images, labels = _split_tensors(str(run.path), split)
         return images, labels, None
-    except DatasetError as e:
-        return None, None, f"This model was trained on `{run.meta.dataset}`, which cannot be opened here: {e}"
+    except (DatasetError, NonFiniteError) as e:
+        return None, None, _data_problem(run, e)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

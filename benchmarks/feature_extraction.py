@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from analysis import collect, load_dataset
+from analysis import collect
+from analysis.datasets import load_run_dataset
 from models import load_run
 
 DEFAULT_RUN = Path(__file__).resolve().parent.parent / "assets" / "mnist5k" / "dynamic"
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     run = load_run(args.run)
-    split = load_dataset(run.meta.dataset, "test")
+    split = load_run_dataset(run.meta, "test")
     loader = torch.utils.data.DataLoader(split.dataset, batch_size=BATCH)
 
     def plain():

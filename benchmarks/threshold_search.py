@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis import collect, load_dataset
+from analysis import collect
+from analysis.datasets import load_run_dataset
 from analysis.pruning import MaskSearch, StaticSearch, mask_banks, threshold_masks
 from models import cost_model, create_model, load_run
 
@@ -72,7 +73,7 @@ def main() -> None:
 
     print("\n2. slider step on the shipped dynamic model (search + evaluation of 1,000 test images)")
     run = load_run(DEFAULT_RUN)
-    test = load_dataset(run.meta.dataset, "test")
+    test = load_run_dataset(run.meta, "test")
     cached = collect(run.model, test, batch_size=EVAL_BATCH)
     search = MaskSearch(cost_model(run.model, tuple(run.meta.input_shape)), mask_banks(run.model), cached.paths)
     slider = rng.uniform(0.55, 0.8, size=args.runs)

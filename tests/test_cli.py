@@ -55,7 +55,7 @@ def test_analyze_then_report_prints_the_detection_table(tmp_path, capsys):
 def test_app_hands_its_runs_and_roots_to_the_page_and_binds_to_loopback(monkeypatch, tmp_path):
     import os
 
-    from app.state import ROOTS_ENV, RUNS_ENV
+    from app.roots import ROOTS_ENV, RUNS_ENV
 
     launched = {}
     monkeypatch.setattr(os, "execv", lambda exe, cmd: launched.update(cmd=cmd, runs=os.environ[RUNS_ENV],

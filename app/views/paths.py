@@ -29,7 +29,8 @@ if how == "upload":
     upload = st.file_uploader("Image (PNG or JPEG)", type=["png", "jpg", "jpeg"], key="upload")
     if upload is not None:
         try:
-            x, notes = image_to_input(upload.getvalue(), tuple(meta.input_shape))
+            x, notes = image_to_input(upload.getvalue(), tuple(meta.input_shape),
+                                      max_bytes=st.get_option("server.maxUploadSize") * 2**20)
             if notes:
                 st.caption("Upload " + "; ".join(notes) + ".")
         except ImageError as e:

@@ -7,9 +7,10 @@ import streamlit as st
 
 from analysis.scratch import save_structure
 from app import figures
+from app.roots import PathError, resolve_within, write_roots
 from app.widgets import chart
 from app.state import (
-    get_mask_curve, get_mask_search, get_static_search, get_thresholded_outputs, sidebar, try_outputs,
+    UPLOADS, get_mask_curve, get_mask_search, get_static_search, get_thresholded_outputs, sidebar, try_outputs,
 )
 from models import gated_convs
 
@@ -66,6 +67,11 @@ def static_slider() -> None:
                             file_name=f"{run.path.name}-p{round(p * 100)}.json", mime="application/json")
     out = run.path.parent / f"{run.path.name}-pruned-p{round(p * 100)}"
     if cols[1].button(f"Build a pruned run folder ({out.name})", key="build_pruned"):
+        try:
+            resolve_within(out, write_roots(UPLOADS))
+        except PathError as e:
+            st.error(f"Not built: {e}")
+            st.stop()
         save_structure(run.meta, s, out, origin=str(run.path))
         st.success(f"Built `{out}` (fresh random weights, untrained). Train it with "
                    f"`gatescope prune train {out} {out}-trained`.")

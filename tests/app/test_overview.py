@@ -26,7 +26,7 @@ def test_overview_without_its_data_still_shows_the_card_and_says_what_it_needs(o
     meta["dataset"] = f"imagefolder:{tmp_path}/absent"
     (run / "model.json").write_text(json.dumps(meta))
     at = open_app(run)
-    assert "cannot be opened here" in at.warning[0].value and "ROOT/{train,test}" in at.warning[0].value
+    assert "cannot be used here" in at.warning[0].value and "ROOT/{train,test}" in at.warning[0].value
     assert at.metric[0].label == "Test accuracy (recorded)"
 
 
