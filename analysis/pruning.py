@@ -157,6 +157,11 @@ class MaskSearch:
             raise ValueError(f"paths {paths.shape} do not match {len(banks)} mask banks")
         self.costs, self.tolerance = costs, tolerance
         self._banks = [np.asarray(b, dtype=np.float64) for b in banks]
+        if any(b.ndim != 2 or not np.isfinite(b).all() for b in self._banks):
+            raise ValueError("mask banks must be finite (K, C) arrays (found NaN, infinity or another shape)")
+        actions = [b.shape[0] for b in self._banks]
+        if not np.issubdtype(paths.dtype, np.integer) or (paths < 0).any() or (paths >= np.array(actions)).any():
+            raise ValueError(f"paths must hold action indices in [0, K) per layer (K = {actions})")
         self._paths = [torch.from_numpy(np.ascontiguousarray(paths[:, g])) for g in range(len(banks))]
         positive = np.concatenate([b[b > 0] for b in self._banks])
         self._candidates = np.concatenate([[0.0], np.unique(positive)])  # threshold = candidates[i]

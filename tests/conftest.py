@@ -96,3 +96,36 @@ def analysed_run(tmp_path_factory) -> Path:
                            n_boot=50, adaptive=False)
     analyze(load_run(path), config, log=lambda s: None)
     return path
+
+
+# Generated hostile inputs tried by the property-based (hypothesis) tests, per area; printed at
+# the end of the run and kept in pytest's cache (``pytest --cache-show gatescope/fuzz``).
+FUZZ_COUNTS: dict[str, int] = {}
+
+
+@pytest.fixture(scope="session")
+def tried():
+    """``tried(area)``: count one generated input of ``area`` (call it once per example)."""
+
+    def count(area: str) -> None:
+        FUZZ_COUNTS[area] = FUZZ_COUNTS.get(area, 0) + 1
+
+    return count
+
+
+def fuzz(examples: int):
+    """Hypothesis settings of a fuzzing test: ``examples`` generated inputs, no per-example
+    deadline (2 shared cores make timings noisy), large generated inputs allowed."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=examples, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if FUZZ_COUNTS:
+        terminalreporter.section("generated hostile inputs tried")
+        for area, n in sorted(FUZZ_COUNTS.items()):
+            terminalreporter.write_line(f"{area:<28} {n:>6,}")
+        terminalreporter.write_line(f"{'total':<28} {sum(FUZZ_COUNTS.values()):>6,}")
+        config.cache.set("gatescope/fuzz", FUZZ_COUNTS)
