@@ -20,7 +20,7 @@ from models import Run
 
 from .adaptive import adaptive_pgd, torch_logistic
 from .attacks import create_attack, default_params
-from .datasets import DatasetSplit, load_dataset, subset
+from .datasets import DatasetSplit, load_run_dataset, subset
 from .detection import SourceSplit, detection_metrics, labelled
 from .detectors import create_detector
 from .embedding import umap_embedding
@@ -67,9 +67,7 @@ def analyze(run: Run, config: AnalyzeConfig = AnalyzeConfig(), *, force: bool = 
 
 
 def _split(run: Run, config: AnalyzeConfig) -> DatasetSplit:
-    split = load_dataset(run.meta.dataset, config.split)
-    if list(split.class_names) != list(run.meta.class_names):
-        raise ValueError(f"{split.spec}: classes {split.class_names} differ from the model's {run.meta.class_names}")
+    split = load_run_dataset(run.meta, config.split)  # checked: same classes and image shape
     if config.limit:
         split = split.with_dataset(torch.utils.data.Subset(split.dataset, range(min(config.limit, len(split)))))
     return split
@@ -137,7 +135,7 @@ def _detection(store, run, split, clean, attacks, config, force, log) -> dict:
     if not force and store.has("detection", params):
         return store.data("detection")
     x, _ = _images(split, config.batch_size)
-    ref = subset(load_dataset(run.meta.dataset, "train"), config.reference, seed=config.seed)
+    ref = subset(load_run_dataset(run.meta, "train"), config.reference, seed=config.seed)
     ref_x, ref_y = _images(ref, config.batch_size)
     sides = SourceSplit.of(len(x), seed=config.seed)
     features = decision_features_of(clean["log_probs"])
@@ -255,12 +253,15 @@ def _adaptive(run, x, clean, pgd, sides, config, log) -> dict:
     return result
 
 
-def _umap(store, clean, attacks, config, force, log) -> None:
+def _umap(store, clean, attacks, config, force, log) -> dict:
+    """Compute the "umap" entry unless stored with these parameters; returns the parameters it is
+    stored under, so a caller reads its own map even if another session saves a different one."""
     params = {"split": config.split, "limit": config.limit, "neighbors": config.umap_neighbors,
               "min_dist": config.umap_min_dist, "seed": config.seed,
-              "attacks": {n: store.params(f"attack-{n}") for n in attacks}}  # new adversarials: new map
-    if not force and store.has("umap", {**params, "format": 2}):
-        return
+              "attacks": {n: store.params(f"attack-{n}") for n in attacks},  # new adversarials: new map
+              "format": 2}
+    if not force and store.has("umap", params):
+        return params
     log("UMAP of decision features (fit on clean, transform attacked)")
     adv = {n: decision_features_of(a["log_probs"][a["rows"]["success"].to_numpy().astype(bool)]) for n, a in attacks.items()}
     coords = umap_embedding(decision_features_of(clean["log_probs"]), adv, n_neighbors=config.umap_neighbors,
@@ -274,7 +275,8 @@ def _umap(store, clean, attacks, config, force, log) -> None:
         tables.append(pd.DataFrame({"source": rows["source"].to_numpy(), "kind": name, "row": np.flatnonzero(ok),
                                     "label": rows["label"].to_numpy(), "pred": rows["pred"].to_numpy(),
                                     "x": coords[name][:, 0], "y": coords[name][:, 1]}))
-    store.save("umap", {**params, "format": 2}, tables={"points": pd.concat(tables, ignore_index=True)})
+    store.save("umap", params, tables={"points": pd.concat(tables, ignore_index=True)})
+    return params
 
 
 def umap_points(run: Run, *, neighbors: int, min_dist: float, seed: int = 0,
@@ -289,8 +291,8 @@ def umap_points(run: Run, *, neighbors: int, min_dist: float, seed: int = 0,
     names = [n.removeprefix("attack-") for n in store.names() if n.startswith("attack-")]
     config = AnalyzeConfig(split=stored["split"], limit=stored["limit"], attacks=tuple(names), seed=seed,
                            umap_neighbors=neighbors, umap_min_dist=min_dist)
-    clean = {"rows": store.table("clean", "rows"), "log_probs": store.array("clean", "log_probs")}
+    clean = {"rows": store.table("clean", "rows", stored), "log_probs": store.array("clean", "log_probs", stored)}
     attacks = {n: {"rows": store.table(f"attack-{n}", "rows"), "log_probs": store.array(f"attack-{n}", "log_probs")}
                for n in names}
-    _umap(store, clean, attacks, config, False, log)
-    return store.table("umap", "points")
+    params = _umap(store, clean, attacks, config, False, log)
+    return store.table("umap", "points", params)  # these parameters' points, not the latest session's

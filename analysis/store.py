@@ -3,12 +3,19 @@
 The manifest records, per entry, the parameters it was computed with and the SHA-256 of the
 weights it was computed from. An entry whose weights hash or parameters differ is stale: it is
 recomputed, never shown. Every file is written atomically.
+
+Several processes (CLI runs, app sessions) may share one folder: file names carry a digest of
+weights and parameters (``umap.<digest12>.points.parquet``), so two computations never
+overwrite each other's files and a reader holding parameters reads exactly their results; the
+manifest's read-modify-write runs under a lock, so no saved entry is lost. Files an entry no
+longer lists are deleted by a later save once they have been unlisted for ``GRACE_S``.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +26,13 @@ import torch
 
 from models import Run
 from models.checkpoint import package_version
-from models.files import atomic_write_bytes, atomic_write_json
+from models.files import atomic_write_bytes, atomic_write_json, locked, sha256_bytes
 
 FOLDER = "analysis"
 MANIFEST = "manifest.json"
+LOCK = ".manifest.lock"
+GRACE_S = 3600  # a session that read the manifest this long ago may still open the files it listed
+_OWN = (".parquet", ".npy", ".json", ".tmp")  # what the store writes; anything else is left alone
 
 
 class AnalysisStore:
@@ -62,30 +72,77 @@ class AnalysisStore:
     def save(self, name: str, params: dict[str, Any], *, tables: dict[str, pd.DataFrame] | None = None,
              arrays: dict[str, np.ndarray] | None = None, data: dict | None = None) -> None:
         """Write an entry's files, then record it in the manifest (the manifest is written last)."""
+        prefix = f"{name}.{self._digest(params)}"
         files = []
         for key, df in (tables or {}).items():
             buf = io.BytesIO()
             df.to_parquet(buf, index=False)
-            files.append(self._write(f"{name}.{key}.parquet", buf.getvalue()))
+            files.append(self._write(f"{prefix}.{key}.parquet", buf.getvalue()))
         for key, arr in (arrays or {}).items():
             buf = io.BytesIO()
             np.save(buf, arr, allow_pickle=False)
-            files.append(self._write(f"{name}.{key}.npy", buf.getvalue()))
+            files.append(self._write(f"{prefix}.{key}.npy", buf.getvalue()))
         if data is not None:
-            files.append(self._write(f"{name}.json", (json.dumps(_plain(data), indent=1) + "\n").encode()))
-        manifest = self._manifest()
-        manifest["entries"][name] = {"params": _plain(params), "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                     "versions": {"gatescope": package_version(), "torch": torch.__version__}}
-        atomic_write_json(self.path / MANIFEST, manifest)
+            files.append(self._write(f"{prefix}.json", (json.dumps(_plain(data), indent=1) + "\n").encode()))
+        with locked(self.path / LOCK):  # another process's save between our read and write would be lost
+            manifest = self._manifest()
+            replaced = manifest["entries"].get(name, {"files": []})["files"]
+            manifest["entries"][name] = {"params": _plain(params), "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                         "versions": {"gatescope": package_version(), "torch": torch.__version__}}
+            atomic_write_json(self.path / MANIFEST, manifest)
+            self._collect(manifest, unlisted=set(replaced) - set(files))
 
-    def table(self, name: str, key: str) -> pd.DataFrame:
-        return pd.read_parquet(self.path / f"{name}.{key}.parquet")
+    def table(self, name: str, key: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Table ``key`` of entry ``name`` as the manifest lists it, or with ``params`` the one
+        computed with exactly these parameters, whatever another session has stored since."""
+        return pd.read_parquet(self._file(name, f"{key}.parquet", params))
 
-    def array(self, name: str, key: str) -> np.ndarray:
-        return np.load(self.path / f"{name}.{key}.npy", allow_pickle=False)
+    def array(self, name: str, key: str, params: dict[str, Any] | None = None) -> np.ndarray:
+        """Array ``key`` of entry ``name``; ``params`` as for :meth:`table`."""
+        return np.load(self._file(name, f"{key}.npy", params), allow_pickle=False)
 
-    def data(self, name: str) -> dict:
-        return json.loads((self.path / f"{name}.json").read_text())
+    def data(self, name: str, params: dict[str, Any] | None = None) -> dict:
+        """JSON data of entry ``name``; ``params`` as for :meth:`table`."""
+        return json.loads(self._file(name, "json", params).read_text())
+
+    def _digest(self, params: dict[str, Any]) -> str:
+        """12 hex digits naming the files of one computation (these weights, these parameters)."""
+        key = json.dumps({"weights": self.weights, "params": _plain(params)}, sort_keys=True)
+        return sha256_bytes(key.encode())[:12]
+
+    def _file(self, name: str, suffix: str, params: dict[str, Any] | None) -> Path:
+        """``NAME.DIGEST.SUFFIX`` for ``params`` (default: the stored entry's), or ``NAME.SUFFIX``
+        where the manifest lists that un-digested name (entries saved before names had digests)."""
+        entry = self._manifest()["entries"].get(name)
+        if params is None and entry is None:
+            raise FileNotFoundError(f"{self.path / MANIFEST}: no entry {name!r} for weights {self.weights[:12]}; "
+                                    f"stored: {', '.join(self.names()) or 'none'}")
+        params = _plain(entry["params"] if params is None else params)
+        file = self.path / f"{name}.{self._digest(params)}.{suffix}"
+        if not file.is_file() and entry is not None and entry["params"] == params and f"{name}.{suffix}" in entry["files"]:
+            return self.path / f"{name}.{suffix}"
+        return file
+
+    def _collect(self, manifest: dict, unlisted: set[str]) -> None:
+        """Delete the store's files that ``manifest`` does not list and that have been unlisted for
+        ``GRACE_S``: older parameters' results, other weights' entries, a killed writer's temp
+        files. ``unlisted`` (just dropped from the manifest) are touched first, so the grace
+        counts from now: a session that read the old manifest a moment ago can still open them."""
+        for filename in unlisted:
+            try:
+                os.utime(self.path / filename)
+            except FileNotFoundError:
+                pass
+        listed = {MANIFEST, *(f for entry in manifest["entries"].values() for f in entry["files"])}
+        cutoff = time.time() - GRACE_S
+        for file in self.path.iterdir():
+            if file.name in listed or not file.name.endswith(_OWN):
+                continue
+            try:
+                if file.stat().st_mtime < cutoff:
+                    file.unlink()
+            except FileNotFoundError:
+                pass  # collected by another process at the same moment
 
     def _write(self, filename: str, payload: bytes) -> str:
         atomic_write_bytes(self.path / filename, payload)

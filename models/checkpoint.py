@@ -7,6 +7,7 @@ metadata that do not belong together (an interrupted or edited save) are refused
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +25,7 @@ WEIGHTS = "model.safetensors"
 META = "model.json"
 FORMAT = 1  # bumped when model.json changes incompatibly
 MAX_META_BYTES = 16 * 2**20
+PENDING = ".model.safetensors.pending"  # new weights between committing model.json and renaming them
 
 
 class RunError(Exception):
@@ -72,8 +74,11 @@ def save_run(path: str | Path, model: Network, meta: RunMeta) -> RunMeta:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = safetensors.torch.save(state)
     meta = RunMeta(**{**asdict(meta), "version": package_version(), "weights_sha256": sha256_bytes(data)})
-    atomic_write_bytes(path / WEIGHTS, data)
+    # model.json is the commit point: killed before it is written, the folder holds the old pair
+    # (and a stale PENDING); killed after it, load_run finds the weights it names in PENDING.
+    atomic_write_bytes(path / PENDING, data)
     atomic_write_json(path / META, {"format": FORMAT, **asdict(meta)})
+    os.replace(path / PENDING, path / WEIGHTS)
     return meta
 
 
@@ -135,6 +140,8 @@ def load_run(path: str | Path, *, map_location: str = "cpu") -> Run:
         raise RunError(f"{file}: {file.stat().st_size:,} bytes, far more than the {meta.arch!r} declared in {META} "
                        f"needs; refused without reading it")
     data = file.read_bytes()
+    if meta.weights_sha256 and sha256_bytes(data) != meta.weights_sha256 and (path / PENDING).is_file():
+        data = (path / PENDING).read_bytes()  # a save_run killed between committing model.json and the rename
     if meta.weights_sha256 and sha256_bytes(data) != meta.weights_sha256:
         raise RunError(f"{file}: SHA-256 differs from {META}'s weights_sha256 (edited or partly written)")
     try:

@@ -1,6 +1,7 @@
 """Atomic file writes: a temporary file in the same folder, fsync, then rename.
 
-An interrupted write leaves the previous file (or none), never a half-written one.
+An interrupted write leaves the previous file (or none), never a half-written one; a writer
+killed mid-write may leave its hidden ``.NAME.*.tmp`` file behind, which no reader opens.
 """
 
 from __future__ import annotations
@@ -9,8 +10,15 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, writes stay atomic but unserialised
+    fcntl = None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -33,6 +41,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+@contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on the file ``path`` (created if missing) for the block.
+
+    Serialises read-modify-write cycles of a shared file between processes and threads (each
+    call opens its own descriptor). The lock goes with the descriptor, so a killed holder
+    never leaves it held. Without ``fcntl`` (Windows) the block runs unlocked.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when f is closed
+        yield
 
 
 def sha256_bytes(data: bytes) -> str:
