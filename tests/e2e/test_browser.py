@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import DEFAULT_RUN, REPO
+from hostile import REFUSED_BECAUSE, bad_runs, png_header_only
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"
@@ -154,6 +155,7 @@ def test_every_page_renders_in_chromium(server, browser, tmp_path, title, ready)
 
 
 def test_uploads_are_refused_or_converted_in_chromium(server, browser, tmp_path):
+    """Each bad image kind gets its reason inside the page, and the page stays usable."""
     import io
 
     from PIL import Image
@@ -166,10 +168,16 @@ def test_uploads_are_refused_or_converted_in_chromium(server, browser, tmp_path)
     page.locator(".st-key-pick").get_by_text("upload", exact=True).click()
     uploader = page.locator('.st-key-upload [data-testid="stFileUploaderDropzoneInput"]')
     uploader.wait_for(state="attached", timeout=60_000)
-    bad = tmp_path / "notes.png"
-    bad.write_bytes(b"this is not a picture")
-    uploader.set_input_files(str(bad))
-    page.wait_for_selector("text=This upload cannot be used", timeout=60_000)
+    bad_kinds = {
+        "notes.png": (b"this is not a picture", "not a readable image"),
+        "bomb.png": (png_header_only(100_000, 100_000), "decompression bomb"),
+        "huge.png": (b"\x89PNG" + b"\x00" * (9 * 2**20), "8.0MB or smaller"),  # Streamlit's own upload cap
+    }
+    for name, (content, reason) in bad_kinds.items():
+        (tmp_path / name).write_bytes(content)
+        uploader.set_input_files(str(tmp_path / name))
+        page.wait_for_selector(f"text={reason}", timeout=60_000)
+        assert page.locator('[data-testid="stException"]').count() == 0, name
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (255, 255, 255)).save(buf, format="PNG")
     good = tmp_path / "white.png"
@@ -183,22 +191,29 @@ def test_uploads_are_refused_or_converted_in_chromium(server, browser, tmp_path)
 
 
 def test_uploaded_runs_are_checked_in_chromium(server, browser, tmp_path):
-    import json
-
-    from conftest import DEFAULT_RUN
-
+    """Each bad run-upload kind gets its reason inside the page; then a good one is added."""
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     page.goto(server)
     _wait_idle(page)
     page.get_by_text("Open an uploaded run").click()
     weights = page.locator('.st-key-upload_weights [data-testid="stFileUploaderDropzoneInput"]')
     meta = page.locator('.st-key-upload_meta [data-testid="stFileUploaderDropzoneInput"]')
-    foreign = tmp_path / "model.json"
-    foreign.write_text(json.dumps({"format": 1, "arch": "transformer"}))
+    marker = tmp_path / "payload-ran"
+    for i, (kind, (name, weights_data, meta_data)) in enumerate(bad_runs(marker).items()):
+        if kind == "random .pt":
+            continue  # same path through the page as the pickle payload
+        folder = tmp_path / f"kind{i}"
+        folder.mkdir()
+        (folder / f"{i}-{name}").write_bytes(weights_data)
+        (folder / "model.json").write_bytes(meta_data)
+        weights.set_input_files(str(folder / f"{i}-{name}"))
+        meta.set_input_files(str(folder / "model.json"))
+        reason = REFUSED_BECAUSE[kind].split("|")[0]
+        page.wait_for_selector("text=This upload is not a usable run", timeout=60_000)
+        page.wait_for_selector(f"text={reason}", timeout=60_000)
+        assert page.locator('[data-testid="stException"]').count() == 0, kind
+    assert not marker.exists()
     weights.set_input_files(str(DEFAULT_RUN / "model.safetensors"))
-    meta.set_input_files(str(foreign))
-    page.wait_for_selector("text=This upload is not a usable run", timeout=60_000)
-    assert page.locator('[data-testid="stException"]').count() == 0
     meta.set_input_files(str(DEFAULT_RUN / "model.json"))
     page.wait_for_selector("text=Uploaded run added to the Run list", timeout=60_000)
     _wait_idle(page)

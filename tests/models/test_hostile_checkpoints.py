@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
 import pickle
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ from models.files import sha256_bytes
 from models.schema import MAX_PARAMS, SchemaError, check_meta, declared_state
 
 from conftest import DEFAULT_RUN, fuzz
+from hostile import Payload
 
 VALID = json.loads((DEFAULT_RUN / "model.json").read_text())
 
@@ -174,23 +174,13 @@ def test_mutated_run_folders_load_or_are_refused_with_a_run_error(pristine, targ
         assert logits.shape == (2, len(loaded.meta.class_names))
 
 
-class _Payload:
-    """Unpickling this calls os.system, which creates ``marker``: the classic pickle exploit."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_pickle_payload_is_refused_and_never_runs(tmp_path, pristine):
     marker = tmp_path / "payload-ran"
     state = {k: v for k, v in load_run(pristine).model.state_dict().items()}
     evil_zip = tmp_path / "evil.pt"
-    torch.save({"state_dict": state, "extra": _Payload(marker)}, evil_zip)
+    torch.save({"state_dict": state, "extra": Payload(marker)}, evil_zip)
     evil_raw = tmp_path / "evil.pth"
-    evil_raw.write_bytes(pickle.dumps({"x": _Payload(marker)}, protocol=2))
+    evil_raw.write_bytes(pickle.dumps({"x": Payload(marker)}, protocol=2))
 
     for file in (evil_zip, evil_raw):
         with pytest.raises(RunError, match="refused: not a plain weights file.*posix.system"):
