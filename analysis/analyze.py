@@ -24,7 +24,7 @@ from .datasets import DatasetSplit, load_run_dataset, subset
 from .detection import SourceSplit, detection_metrics, labelled
 from .detectors import create_detector
 from .embedding import umap_embedding
-from .evaluation import Outputs, collect, decision_features
+from .evaluation import Outputs, check_finite, collect, decision_features
 from .store import AnalysisStore
 
 
@@ -294,5 +294,7 @@ def umap_points(run: Run, *, neighbors: int, min_dist: float, seed: int = 0,
     clean = {"rows": store.table("clean", "rows", stored), "log_probs": store.array("clean", "log_probs", stored)}
     attacks = {n: {"rows": store.table(f"attack-{n}", "rows"), "log_probs": store.array(f"attack-{n}", "log_probs")}
                for n in names}
+    for name, entry in {"clean": clean, **attacks}.items():  # stored files are untrusted too
+        check_finite(f"{store.path}: the stored decision features ({name})", torch.from_numpy(entry["log_probs"]))
     params = _umap(store, clean, attacks, config, False, log)
     return store.table("umap", "points", params)  # these parameters' points, not the latest session's

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from models import Network, active_channels, cost_model, gated_convs
 
-from .datasets import DatasetSplit
+from .datasets import DatasetError, DatasetSplit
 
 
 class NonFiniteError(ValueError):
@@ -60,6 +60,8 @@ def collect(
     model: Network, split: DatasetSplit, *, batch_size: int = 256, progress: bool = False
 ) -> Outputs:
     """Run ``model`` (in eval mode) over ``split`` and keep every input's decisions."""
+    if len(split) == 0:
+        raise DatasetError(f"{split.spec}:{split.split}: no images to evaluate")
     was_training = model.training
     model.eval()
     costs = cost_model(model, split.input_shape)

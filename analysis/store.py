@@ -43,17 +43,26 @@ class AnalysisStore:
         self.path = run.path / FOLDER
         self.weights = run.meta.weights_sha256
 
-    def _manifest(self) -> dict:
-        file = self.path / MANIFEST
-        if not file.is_file():
-            return {"weights_sha256": self.weights, "entries": {}}
+    def _stored(self) -> dict | None:
+        """The manifest as stored, or None when absent or not a manifest (then recompute all)."""
         try:
-            manifest = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return {"weights_sha256": self.weights, "entries": {}}  # unreadable: recompute everything
-        if manifest.get("weights_sha256") != self.weights:
-            return {"weights_sha256": self.weights, "entries": {}}  # computed from other weights: stale
+            manifest = json.loads((self.path / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            return None
+        ok = isinstance(manifest, dict) and isinstance(manifest.get("entries"), dict) and all(
+            isinstance(e, dict) and isinstance(e.get("files"), list) and "params" in e for e in manifest["entries"].values())
+        return manifest if ok else None
+
+    def _manifest(self) -> dict:
+        manifest = self._stored()
+        if manifest is None or manifest.get("weights_sha256") != self.weights:
+            return {"weights_sha256": self.weights, "entries": {}}  # none, unreadable or from other weights
         return manifest
+
+    def stale(self) -> bool:
+        """Whether the folder holds results computed from other weights (never shown)."""
+        manifest = self._stored()
+        return manifest is not None and manifest.get("weights_sha256") != self.weights and bool(manifest["entries"])
 
     def has(self, name: str, params: dict[str, Any]) -> bool:
         """Whether ``name`` is stored for these weights and exactly these parameters."""

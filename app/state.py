@@ -198,6 +198,16 @@ def get_thresholded_outputs(path: str, weights_sha256: str, threshold: float) ->
     return collect(threshold_masks(run.model, threshold), load_run_dataset(run.meta, "test"), batch_size=250)
 
 
+def missing_analysis(run: Run, what: str) -> str:
+    """Why ``what`` is not shown: never computed, or computed from other weights (stale)."""
+    from analysis.store import AnalysisStore
+
+    if AnalysisStore(run).stale():
+        return (f"The stored analysis of this run was computed from **other weights** (the weights file changed "
+                f"since), so it is not shown. Recompute {what} with `gatescope analyze {run.path}`.")
+    return f"No {what} stored for this run yet. Compute them with `gatescope analyze {run.path}`."
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def get_analysis(path: str, weights_sha256: str, name: str) -> dict | None:
     """A stored analysis entry's JSON data (None when absent or computed from other weights)."""

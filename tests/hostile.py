@@ -1,14 +1,17 @@
 """Hostile files shared by the tests of the loaders, the app and the browser: the bad kinds of
-run upload with the reason each must be refused for, and a decompression-bomb PNG."""
+run upload with the reason each must be refused for, a decompression-bomb PNG, and an
+analysed run whose stored features were tampered with."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import struct
 import zlib
 
+import numpy as np
 import safetensors.torch
 import torch
 
@@ -77,3 +80,17 @@ def png_header_only(width: int, height: int) -> bytes:
     idat = zlib.compress(b"\x00" * 1024)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
             + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def tampered_copy(analysed_run, tmp_path):
+    """A copy of an analysed run whose stored FGSM decision features hold one NaN (row 4)."""
+    from analysis.store import AnalysisStore
+    from models import load_run
+
+    run_path = tmp_path / "tampered"
+    shutil.copytree(analysed_run, run_path)
+    store = AnalysisStore(load_run(run_path))
+    values = store.array("attack-fgsm", "log_probs")
+    values[4, 1, 2] = np.nan
+    np.save(store.path / next(f for f in store._manifest()["entries"]["attack-fgsm"]["files"] if "log_probs" in f), values)
+    return run_path

@@ -66,4 +66,7 @@ def test_app_hands_its_runs_and_roots_to_the_page_and_binds_to_loopback(monkeypa
     assert launched["runs"] == str(DEFAULT_RUN.resolve()) and launched["roots"] == str(tmp_path.resolve())
     cmd = launched["cmd"]
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1" and cmd[cmd.index("--server.port") + 1] == "8600"
+    assert cmd[cmd.index("--server.maxUploadSize") + 1] == "8"  # MB, enforced by the server itself
+    main(["app", str(DEFAULT_RUN), "--max-upload-mb", "2"])
+    assert launched["cmd"][launched["cmd"].index("--server.maxUploadSize") + 1] == "2"
     assert main(["app", "--root", str(tmp_path / "missing")]) == 1

@@ -6,15 +6,14 @@ import streamlit as st
 from analysis.detection import confusion_at
 from app import figures
 from app.widgets import chart
-from app.state import get_analysis, get_analysis_table, sidebar
+from app.state import get_analysis, get_analysis_table, missing_analysis, sidebar
 
 run, _ = sidebar()
 sha, path = run.meta.weights_sha256, str(run.path)
 st.title("Detection")
 results = get_analysis(path, sha, "detection")
 if results is None:
-    st.info(f"No detection results for this run and these weights yet. Compute them with "
-            f"`gatescope analyze {run.path}` (about 5 minutes for the shipped model on a 2-core CPU).")
+    st.info(missing_analysis(run, "detection results") + " (About 5 minutes for the shipped model on a 2-core CPU.)")
     st.stop()
 
 rows = [

@@ -4,16 +4,17 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from analysis import NonFiniteError
 from analysis.analyze import umap_points
 from app import figures
 from app.widgets import chart
-from app.state import get_analysis_table, sidebar
+from app.state import get_analysis_table, missing_analysis, sidebar
 
 run, _ = sidebar()
 sha, path = run.meta.weights_sha256, str(run.path)
 st.title("Decision-feature map")
 if get_analysis_table(path, sha, "clean", "rows") is None:
-    st.info(f"No decision features stored for this run yet. Compute them with `gatescope analyze {run.path}`.")
+    st.info(missing_analysis(run, "decision features"))
     st.stop()
 
 cols = st.columns(3)
@@ -67,7 +68,11 @@ def path_of(path: str, sha: str, kind: str, row: int) -> str:
     return "-".join(str(table.iloc[row][c]) for c in table.columns if c.startswith("path_"))
 
 
-table = points(path, sha, int(neighbors), float(min_dist))
+try:
+    table = points(path, sha, int(neighbors), float(min_dist))
+except NonFiniteError as e:
+    st.error(f"The map is not drawn: {e}. Recompute the analysis with `gatescope analyze {run.path} --force`.")
+    st.stop()
 kinds = list(dict.fromkeys(table["kind"]))
 shown = cols[2].multiselect("Show", kinds, default=kinds, key="umap_kinds")
 view = table[table["kind"].isin(shown)].reset_index(drop=True)

@@ -77,6 +77,7 @@ def test_new_weights_make_the_analysis_stale(analysed, tmp_path):
     save_run(other, moved.model, moved.meta)
     store = AnalysisStore(load_run(other))
     assert store.params("clean") is None, "an analysis of other weights is not shown"
+    assert store.stale() and not AnalysisStore(run).stale()
 
 
 def test_umap_is_reproducible_for_a_fixed_seed():

@@ -21,6 +21,7 @@ from analysis.pruning import MaskSearch, StaticSearch
 from models import cost_model, create_model, gated_convs, load_run
 
 from conftest import DEFAULT_RUN, fuzz
+from hostile import tampered_copy
 
 
 def _split(x: torch.Tensor):
@@ -131,3 +132,17 @@ def test_mask_search_on_hostile_banks_paths_and_targets(costs, data, target, tri
     assert 0.0 <= target < 1.0 and ((paths >= 0) & (paths < 3)).all()
     assert all(np.isfinite(b).all() for b in banks)
     assert np.isfinite(s.predicted_ratio) and 0.0 <= s.predicted_ratio <= s.unthresholded_ratio + 1e-12
+
+
+def test_an_empty_split_is_refused_not_evaluated():
+    model = create_model("small_cnn", gated=True, num_classes=10, in_channels=1, num_actions=3)
+    with pytest.raises(DatasetError, match="no images to evaluate"):
+        collect(model, _split(torch.zeros(0, 1, 28, 28)))
+
+
+def test_stored_features_with_nan_are_reported_not_mapped(analysed_run, tmp_path):
+    from analysis.analyze import umap_points
+
+    run_path = tampered_copy(analysed_run, tmp_path)
+    with pytest.raises(NonFiniteError, match=r"stored decision features \(fgsm\) of 1 input\(s\).*rows 4\)"):
+        umap_points(load_run(run_path), neighbors=5, min_dist=0.1, log=lambda s: None)

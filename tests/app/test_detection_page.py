@@ -16,6 +16,30 @@ def test_without_analysis_the_page_says_how_to_compute_it(open_app, tmp_path, pa
     assert "gatescope analyze" in at.info[0].value
 
 
+@pytest.mark.parametrize("page", [PAGE, "views/feature_map.py"])
+def test_an_analysis_of_other_weights_is_reported_stale_not_shown(open_app, analysed_run, tmp_path, page):
+    import torch
+
+    from models import load_run, save_run
+
+    run = tmp_path / "retrained"
+    shutil.copytree(analysed_run, run)
+    moved = load_run(run)
+    with torch.no_grad():
+        moved.model.fc.bias.add_(0.01)
+    save_run(run, moved.model, moved.meta)
+    at = open_app(run, page=page)
+    assert "other weights" in at.info[0].value and not at.dataframe and not at.get("plotly_chart")
+
+
+def test_a_damaged_manifest_reads_as_no_analysis(open_app, analysed_run, tmp_path):
+    run = tmp_path / "damaged"
+    shutil.copytree(analysed_run, run)
+    (run / "analysis" / "manifest.json").write_text('[{"entries": 3}]')
+    at = open_app(run, page=PAGE)
+    assert "No detection results stored" in at.info[0].value
+
+
 def test_table_roc_threshold_and_layers(open_app, analysed_run):
     at = open_app(analysed_run, page=PAGE)
     table = at.dataframe[0].value

@@ -1,5 +1,7 @@
 import pytest
 
+from hostile import tampered_copy
+
 pytestmark = pytest.mark.app
 PAGE = "views/feature_map.py"
 
@@ -11,6 +13,12 @@ def test_map_shows_clean_and_attacked_points_and_filters_them(open_app, analysed
     assert not at.exception
     at.number_input(key="umap_neighbors").set_value(10).run()  # a new UMAP, computed and cached
     assert not at.exception
+
+
+def test_stored_features_with_nan_give_an_error_in_the_page(open_app, analysed_run, tmp_path):
+    at = open_app(tampered_copy(analysed_run, tmp_path), page=PAGE)
+    assert "The map is not drawn" in at.error[0].value and "NaN or infinite" in at.error[0].value
+    assert not at.get("plotly_chart")
 
 
 def test_new_umap_parameters_are_cached_in_the_analysis_folder(analysed_run):
