@@ -95,3 +95,17 @@ def test_the_sidebar_opens_typed_paths_only_inside_the_roots(open_app, monkeypat
     assert not at.error and any(o.endswith("down/mine") for o in at.sidebar.selectbox(key="run").options)
     at.sidebar.selectbox(key="run").set_value(str((root / "deep/er/down/mine").resolve())).run()
     assert not at.exception and at.title[0].value == "small_cnn on mnist5k"
+
+
+def test_pages_write_only_near_the_command_lines_runs_under_roots_and_in_the_upload_cache(tree, monkeypatch, tmp_path):
+    from app.roots import ROOTS_ENV, RUNS_ENV, write_roots
+
+    root, outside = tree
+    monkeypatch.setenv(ROOTS_ENV, str(root))
+    monkeypatch.setenv(RUNS_ENV, str(tmp_path / "given" / "run"))
+    allowed = write_roots(tmp_path / "uploads")
+    for ok in (root / "runs" / "a-pruned-p50", tmp_path / "given" / "run-pruned-p50", tmp_path / "uploads" / "x"):
+        assert resolve_within(ok, allowed) == ok.resolve()
+    for bad in (outside / "x", root / "escape" / "x", tmp_path / "elsewhere"):
+        with pytest.raises(PathError):
+            resolve_within(bad, allowed)
