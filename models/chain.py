@@ -1,5 +1,6 @@
 """Plain chains of 3x3 convs with max-pools, global average pooling and one linear layer:
-the default ``small_cnn`` (28x28 grayscale) and CIFAR-style VGG-11/16 with BatchNorm.
+the default ``small_cnn`` (28x28 grayscale), a 7-conv CIFAR VGG small enough to train on a CPU,
+and CIFAR-style VGG-11/16 with BatchNorm.
 Every conv but the first can be gated."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .registry import register_model
 
 # conv widths; "M" is a 2x2 max-pool after the conv before it
 SMALL_CNN = (16, "M", 32, 64, "M", 64, 128)  # 28x28 -> 14x14 -> 7x7, about 10M MACs
+VGG7 = (32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 256)  # CIFAR-size, about 36M MACs: trains on a CPU
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
@@ -68,5 +70,6 @@ class ConvChain(Network):
 
 
 register_model("small_cnn")(partial(ConvChain, SMALL_CNN, in_channels=1))
+register_model("vgg7")(partial(ConvChain, VGG7))
 register_model("vgg11")(partial(ConvChain, VGG11))
 register_model("vgg16")(partial(ConvChain, VGG16))

@@ -1,9 +1,11 @@
 """Overview: the model card, its cost, its training and how it uses its masks."""
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from analysis import macs_summary
+from analysis.speed import load_speed
 from app import figures
 from app.widgets import chart
 from app.state import sidebar, training_log, try_outputs
@@ -42,6 +44,20 @@ cols[1].metric("Mean counted MACs", f"{summary['mean']:.1%}", help="of the ungat
 cols[2].metric("Median", f"{summary['median']:.1%}")
 cols[3].metric("Min / max", f"{summary['min']:.1%} / {summary['max']:.1%}")
 chart(st, figures.macs_histogram(outputs.macs_ratio), key="macs_hist")
+
+speed = load_speed(run)
+if speed:
+    st.subheader("Measured speed")
+    st.caption(f"Milliseconds per call on {speed['hardware']}, torch {speed['torch']}: the same architecture without "
+               "gates, the masked network (every channel computed, switched-off ones multiplied by 0) and the "
+               "dynamic executor (switched-off channels skipped).")
+    st.dataframe(pd.DataFrame(speed["rows"]).rename(columns={
+        "batch_size": "batch", "macs_ratio": "counted MACs ratio", "ungated_ms": "ungated (ms)", "masked_ms": "masked (ms)",
+        "executor_ms": "executor (ms)", "executor_vs_masked": "executor speed-up vs masked",
+        "executor_vs_ungated": "executor speed-up vs ungated"}).drop(columns="calls"), hide_index=True, key="speed")
+elif gates:
+    st.caption(f"Measured latency (ungated, masked, channel-skipping executor): "
+               f"`python benchmarks/dynamic_speed.py {run.path}` stores it here.")
 
 log = training_log(run)
 if not log.empty:

@@ -35,3 +35,24 @@ def test_switching_the_split_recomputes_on_train(open_app):
     at.sidebar.radio(key="split").set_value("train").run()
     assert not at.exception
     assert at.subheader[0].value == "Per-input cost on the train split (4,000 inputs)"
+
+
+def test_measured_speed_is_shown_when_the_run_has_it(open_app, tmp_path):
+    import torch
+
+    from analysis.speed import measure_speed, save_speed
+    from models import load_run
+
+    run_path = tmp_path / "timed"
+    shutil.copytree(DEFAULT_RUN, run_path, ignore=shutil.ignore_patterns("analysis", "speed.json"))
+    at = open_app(run_path)
+    assert "Measured speed" not in [s.value for s in at.subheader]
+    assert any("benchmarks/dynamic_speed.py" in c.value for c in at.caption)
+    run = load_run(run_path)
+    result = measure_speed(run, torch.rand(64 * 3, 1, 28, 28), calls=3)
+    assert [r["batch_size"] for r in result["rows"]] == [1, 64] and all(r["executor_ms"] > 0 for r in result["rows"])
+    save_speed(run, result)
+    at = open_app(run_path)
+    assert "Measured speed" in [s.value for s in at.subheader]
+    table = next(d.value for d in at.dataframe)
+    assert list(table["batch"]) == [1, 64] and table["counted MACs ratio"].between(0, 1).all()
