@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from models import Run
 
+from . import distributed
 from .adaptive import adaptive_pgd, torch_logistic
 from .attacks import create_attack, default_params
 from .datasets import DatasetSplit, load_run_dataset, subset
@@ -61,6 +62,8 @@ def analyze(run: Run, config: AnalyzeConfig = AnalyzeConfig(), *, force: bool = 
     attacks = {}
     for name in config.attacks:
         attacks[name] = _attack(store, run, split, clean, name, config, force, log)
+    if not distributed.is_main():
+        return {}  # under torchrun, detection and the map (not per-input work) run on rank 0 alone
     detection = _detection(store, run, split, clean, attacks, config, force, log)
     _umap(store, clean, attacks, config, force, log)
     return detection
@@ -93,7 +96,9 @@ def _clean(store, run, split, config, force, log) -> dict:
     if force or not store.has("clean", params):
         log(f"clean decision features of {len(split)} {config.split} images")
         out = collect(run.model, split, batch_size=config.batch_size, progress=True)
-        store.save("clean", params, tables={"rows": outputs_table(out)}, arrays={"log_probs": out.log_probs})
+        if distributed.is_main():
+            store.save("clean", params, tables={"rows": outputs_table(out)}, arrays={"log_probs": out.log_probs})
+        distributed.barrier()
     return {"rows": store.table("clean", "rows"), "log_probs": store.array("clean", "log_probs")}
 
 
@@ -106,11 +111,14 @@ def _attack(store, run, split, clean, name, config, force, log) -> dict:
         sources = np.flatnonzero(rows["label"].to_numpy() == rows["pred"].to_numpy())  # attack correct ones only
         x, y = _images(split, config.batch_size)
         attack = create_attack(name, run.model, **attack_params)
-        torch.manual_seed(config.seed)
+        starts = range(0, len(sources), config.batch_size)
+        mine = [starts[i] for i in distributed.shard(len(starts))]  # all of them in one process
         results = []
-        for start in tqdm(range(0, len(sources), config.batch_size), desc=f"attack {name}", leave=False):
+        for start in tqdm(mine, desc=f"attack {name}", leave=False, disable=not distributed.is_main()):
+            torch.manual_seed(config.seed + start)  # per batch: the same adversarials in any number of processes
             idx = torch.from_numpy(sources[start:start + config.batch_size])
             results.append(attack(x[idx], y[idx]))
+        results = [r for part in distributed.gather(results) for r in part]
         x_adv = torch.cat([r.x_adv for r in results])
         out = collect(run.model, _tensor_split(split, x_adv, y[torch.from_numpy(sources)]), batch_size=config.batch_size)
         table = outputs_table(out)
@@ -119,9 +127,11 @@ def _attack(store, run, split, clean, name, config, force, log) -> dict:
         table["l2"] = torch.cat([r.l2 for r in results]).numpy()
         table["linf"] = torch.cat([r.linf for r in results]).numpy()
         log(f"attack {name}: {table['success'].mean():.1%} of {len(table)} correctly classified inputs flipped")
-        store.save(key, params, tables={"rows": table},
-                   arrays={"log_probs": out.log_probs, "x_adv": x_adv.numpy().astype(np.float32)},
-                   data={"attack": name, "params": attack.params})
+        if distributed.is_main():
+            store.save(key, params, tables={"rows": table},
+                       arrays={"log_probs": out.log_probs, "x_adv": x_adv.numpy().astype(np.float32)},
+                       data={"attack": name, "params": attack.params})
+        distributed.barrier()
     return {"rows": store.table(key, "rows"), "log_probs": store.array(key, "log_probs"), "x_adv": store.array(key, "x_adv")}
 
 

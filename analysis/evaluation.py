@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from models import Network, active_channels, cost_model, gated_convs
 
+from . import distributed
 from .datasets import DatasetError, DatasetSplit
 
 
@@ -55,13 +56,26 @@ class Outputs:
         return self.macs / self.ungated_macs
 
 
-@torch.no_grad()
 def collect(
     model: Network, split: DatasetSplit, *, batch_size: int = 256, progress: bool = False
 ) -> Outputs:
-    """Run ``model`` (in eval mode) over ``split`` and keep every input's decisions."""
+    """Run ``model`` (in eval mode) over ``split`` and keep every input's decisions.
+
+    Under torchrun each process runs a contiguous shard and every process gets all rows, in
+    the split's order."""
     if len(split) == 0:
         raise DatasetError(f"{split.spec}:{split.split}: no images to evaluate")
+    if not distributed.active():
+        return _collect(model, split, batch_size, progress)
+    part = split.with_dataset(Subset(split.dataset, distributed.shard(len(split))))
+    local = _collect(model, part, batch_size, progress and distributed.is_main()) if len(part) else None
+    parts = [p for p in distributed.gather(local) if p is not None]
+    return Outputs(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in
+                      ("labels", "preds", "log_probs", "paths", "active", "macs")}, ungated_macs=parts[0].ungated_macs)
+
+
+@torch.no_grad()
+def _collect(model: Network, split: DatasetSplit, batch_size: int, progress: bool) -> Outputs:
     was_training = model.training
     model.eval()
     costs = cost_model(model, split.input_shape)

@@ -19,12 +19,14 @@ from typing import Callable
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from models import Decision, Network, RunMeta, constrain_, load_run, save_run
+from models import Decision, Network, RunMeta, constrain_, load_run, read_meta, save_run
 from models.files import atomic_write_bytes, atomic_write_json
 
+from . import distributed
 from .augment import augment_batch
 from .datasets import DatasetSplit
 from .evaluation import collect, macs_summary
@@ -60,6 +62,8 @@ def run_phase(
 ) -> RunMeta:
     """Train ``phase`` into ``folder`` (resuming or skipping as the folder says); returns its meta."""
     folder = Path(folder)
+    main = distributed.is_main()  # under torchrun only rank 0 logs and writes
+    log = log if main else (lambda message: None)
     if (folder / "model.json").is_file() and not (folder / STATE_META).exists():
         meta = load_run(folder).meta
         if meta.training.get("config") == phase.config:
@@ -68,22 +72,30 @@ def run_phase(
         raise TrainError(f"{folder} holds a run trained with another config; choose another output folder")
 
     model, optimizer = phase.model, phase.optimizer
-    start = _resume(folder, model, optimizer, phase.config, log)
-    order = torch.Generator()
-    loader = DataLoader(train_split.dataset, batch_size=batch_size, shuffle=True, generator=order, drop_last=True)
+    start = _resume(folder, model, optimizer, phase.config, log, write=main)
+    distributed.barrier()  # every process has read the state before anyone writes again
+    order, sampler, net = torch.Generator(), None, model.decide
+    if distributed.active():  # one share of every global batch per process; gradients averaged by DDP
+        sampler = DistributedSampler(train_split.dataset, shuffle=True, seed=phase.seed, drop_last=True)
+        batch_size = max(1, batch_size // distributed.world())
+        net = DistributedDataParallel(_Decider(model))
+    loader = DataLoader(train_split.dataset, batch_size=batch_size, shuffle=sampler is None,
+                        generator=order if sampler is None else None, sampler=sampler, drop_last=True)
     if len(loader) == 0:
         raise TrainError(f"{train_split.spec}: {len(train_split)} training images, fewer than one batch of {batch_size}")
     steps = phase.epochs * len(loader)
     t_start = time.perf_counter()
     for epoch in range(start, phase.epochs):
         # every epoch reseeds: a resumed run repeats exactly the samples and noise it would have seen
-        torch.manual_seed(phase.seed + epoch)
+        torch.manual_seed(phase.seed + epoch + 7919 * distributed.rank())  # rank 0: as in one process
         order.manual_seed(phase.seed + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         if phase.before_epoch:
             phase.before_epoch(epoch)
         t0 = time.perf_counter()
-        bar = tqdm(loader, desc=f"{phase.name} {epoch + 1}/{phase.epochs}", disable=not progress, leave=False)
-        totals = _train_epoch(model, bar, optimizer, phase.penalty, train_split.augment, epoch * len(loader), steps)
+        bar = tqdm(loader, desc=f"{phase.name} {epoch + 1}/{phase.epochs}", disable=not (progress and main), leave=False)
+        totals = _train_epoch(model, net, bar, optimizer, phase.penalty, train_split.augment, epoch * len(loader), steps)
         test = collect(model, test_split, batch_size=phase.eval_batch_size)
         record = {
             "phase": phase.name, "epoch": epoch + 1, "epochs": phase.epochs,
@@ -91,8 +103,10 @@ def run_phase(
             "train_acc": totals["correct"] / totals["n"], "test_acc": test.accuracy,
             "test_macs_ratio": float(test.macs_ratio.mean()), "seconds": time.perf_counter() - t0,
         }
-        _append_log(folder, record)
-        _save_state(folder, model, optimizer, phase.config, epoch + 1)
+        if main:
+            _append_log(folder, record)
+            _save_state(folder, model, optimizer, phase.config, epoch + 1)
+        distributed.barrier()
         log(
             f"{phase.name} epoch {epoch + 1}/{phase.epochs}: loss {record['train_loss']:.4f} train acc "
             f"{record['train_acc']:.4f} test acc {test.accuracy:.4f} MACs ratio {record['test_macs_ratio']:.3f} "
@@ -105,21 +119,38 @@ def run_phase(
     training = {**phase.meta.training, "config": phase.config, "phase": phase.name, "epochs": phase.epochs,
                 "command": command, "seconds": time.perf_counter() - t_start,
                 "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"}
-    meta = save_run(folder, model, replace(phase.meta, training=training, metrics=metrics))
-    (folder / STATE_WEIGHTS).unlink(missing_ok=True)
-    (folder / STATE_META).unlink(missing_ok=True)
+    if distributed.active():
+        training["processes"] = distributed.world()
+    if main:
+        save_run(folder, model, replace(phase.meta, training=training, metrics=metrics))
+        (folder / STATE_WEIGHTS).unlink(missing_ok=True)
+        (folder / STATE_META).unlink(missing_ok=True)
+    distributed.barrier()
+    meta = read_meta(folder)
     log(f"{phase.name}: saved {folder} (test accuracy {test.accuracy:.4f})")
     return meta
 
 
-def _train_epoch(model, batches, optimizer, penalty, augment: str, first_step: int, steps: int) -> dict:
-    """One pass over ``batches`` with cosine-annealed learning rates; returns loss and accuracy sums."""
+class _Decider(torch.nn.Module):
+    """``model.decide`` as a forward, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: Network):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        return self.model.decide(x)
+
+
+def _train_epoch(model, net, batches, optimizer, penalty, augment: str, first_step: int, steps: int) -> dict:
+    """One pass over ``batches`` with cosine-annealed learning rates; returns loss and accuracy sums.
+    ``net`` is ``model.decide``, or its DistributedDataParallel wrapper under torchrun."""
     model.train()
     totals = {"loss": 0.0, "penalty": 0.0, "correct": 0, "n": 0}
     for step, (x, y) in enumerate(batches, start=first_step):
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * 0.5 * (1 + math.cos(math.pi * step / steps))
-        logits, decisions = model.decide(augment_batch(x, augment))
+        logits, decisions = net(augment_batch(x, augment))
         loss = F.cross_entropy(logits, y)
         extra = penalty(decisions) if penalty else torch.zeros(())
         optimizer.zero_grad(set_to_none=True)
@@ -159,11 +190,13 @@ def _epoch_of(line: str) -> int:
         return 1 << 30
 
 
-def _resume(folder: Path, model: Network, optimizer: torch.optim.Optimizer, cfg: dict, log) -> int:
-    """Load a saved state if there is one for this config; returns the epoch to start from."""
+def _resume(folder: Path, model: Network, optimizer: torch.optim.Optimizer, cfg: dict, log, *, write: bool = True) -> int:
+    """Load a saved state if there is one for this config; returns the epoch to start from.
+    ``write``: whether this process tidies the log (rank 0 only under torchrun)."""
     meta_file, weights_file = folder / STATE_META, folder / STATE_WEIGHTS
     if not meta_file.is_file():
-        (folder / LOG).unlink(missing_ok=True)  # a fresh phase starts a fresh log
+        if write:
+            (folder / LOG).unlink(missing_ok=True)  # a fresh phase starts a fresh log
         return 0
     state = json.loads(meta_file.read_text())
     if state.get("config") != cfg:
@@ -179,6 +212,7 @@ def _resume(folder: Path, model: Network, optimizer: torch.optim.Optimizer, cfg:
     epoch = int(state["epoch"])
     lines = (folder / LOG).read_text().splitlines() if (folder / LOG).exists() else []
     kept = [ln for ln in lines if _epoch_of(ln) <= epoch]
-    atomic_write_bytes(folder / LOG, "".join(ln + "\n" for ln in kept).encode())
+    if write:
+        atomic_write_bytes(folder / LOG, "".join(ln + "\n" for ln in kept).encode())
     log(f"{folder.name}: resuming after epoch {epoch}")
     return epoch

@@ -18,10 +18,11 @@ from typing import Callable
 import torch
 
 from models import (
-    Decision, Network, RunMeta, active_channels, build_model, cost_model, gated_convs, load_run, set_tau,
+    Decision, Network, RunMeta, active_channels, build_model, cost_model, gated_convs, load_run, read_meta, set_tau,
     update_metrics,
 )
 
+from . import distributed
 from .datasets import DatasetSplit, load_dataset
 from .report import run_report
 from .trainer import Phase, TrainError, run_phase
@@ -76,9 +77,12 @@ def train(
         )
     # the figures that say whether the dynamic network is worth it, kept with it
     report = run_report(load_run(out / "dynamic"), baseline=load_run(out / "baseline"))
-    metas["dynamic"] = update_metrics(out / "dynamic", {
-        key: report[key] for key in ("baseline", "accuracy_gap", "diversity", "probe_log_probs", "probe_one_hot_paths")
-    })
+    if distributed.is_main():
+        update_metrics(out / "dynamic", {
+            key: report[key] for key in ("baseline", "accuracy_gap", "diversity", "probe_log_probs", "probe_one_hot_paths")
+        })
+    distributed.barrier()
+    metas["dynamic"] = read_meta(out / "dynamic")
     return metas
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import sys
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
@@ -128,11 +129,25 @@ def _command() -> str:
     return "gatescope " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+@contextmanager
+def _torchrun():
+    """Join torchrun's process group when started by torchrun (no-op otherwise); yields whether
+    this is the process that prints and writes."""
+    from analysis import distributed
+
+    distributed.setup()
+    try:
+        yield distributed.is_main()
+    finally:
+        distributed.cleanup()
+
+
 def _train(args: argparse.Namespace) -> int:
     from analysis.training import TrainConfig, train
 
-    metas = train(_config(TrainConfig, args), args.out, progress=not args.no_progress, command=_command())
-    for phase, meta in metas.items():
+    with _torchrun() as main:
+        metas = train(_config(TrainConfig, args), args.out, progress=not args.no_progress, command=_command())
+    for phase, meta in metas.items() if main else ():
         print(f"{phase}: test accuracy {meta.metrics['test_accuracy']:.4f}, "
               f"mean MACs ratio {meta.metrics['macs_ratio']['mean']:.3f} -> {args.out / phase}")
     return 0
@@ -246,7 +261,10 @@ def _analyze(args: argparse.Namespace) -> int:
         detectors=tuple(args.detectors or defaults.detectors), seed=args.seed, adaptive=not args.no_adaptive,
     )
     t0 = time.perf_counter()
-    results = analyze(load_run(args.run), config, force=args.force)
+    with _torchrun() as main:
+        results = analyze(load_run(args.run), config, force=args.force, log=print if main else (lambda s: None))
+    if not main:
+        return 0  # rank 0 reports and writes
     print(format_detection(results))
     print(f"\n(analysis of {args.run} took {time.perf_counter() - t0:.0f} s; results in {args.run / 'analysis'})")
     return 0
