@@ -129,6 +129,32 @@ def transfer_heatmap(matrix: dict[str, dict[str, float]]) -> go.Figure:
 SYMBOLS = ("circle", "x", "diamond", "triangle-up", "square", "star", "cross", "triangle-down")
 
 
+MAX_MAP_POINTS = 20_000  # above this a WebGL map gets sluggish in a browser and the page heavy
+
+
+def thin_points(points: pd.DataFrame, limit: int = MAX_MAP_POINTS, *, seed: int = 0) -> tuple[pd.DataFrame, str | None]:
+    """At most ``limit`` rows of a map, and a sentence saying what was left out (None: nothing).
+
+    Kinds take equal shares of the budget, smallest first, a kind smaller than its share lending
+    the rest to the others: rare attacks are kept whole, larger kinds are uniform random samples."""
+    if len(points) <= limit:
+        return points, None
+    counts = points["kind"].value_counts()
+    quota: dict[str, int] = {}
+    budget, kinds = limit, list(counts.sort_values().index)
+    for i, kind in enumerate(kinds):  # smallest first: each takes its fair share of what is left
+        share = budget // (len(kinds) - i)
+        quota[kind] = int(min(counts[kind], share if i < len(kinds) - 1 else budget))
+        budget -= quota[kind]
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.choice(np.flatnonzero(points["kind"].to_numpy() == k), quota[k], replace=False)
+                           for k in kinds])
+    thinned = points.iloc[np.sort(keep)].reset_index(drop=True)
+    cut = ", ".join(f"{k} {quota[k]:,} of {counts[k]:,}" for k in kinds if quota[k] < counts[k])
+    return thinned, (f"Showing {len(thinned):,} of {len(points):,} points, a random sample ({cut}) so the "
+                     f"browser stays responsive; selections refer to the points shown.")
+
+
 def decision_map(points: pd.DataFrame, class_names: list[str]) -> go.Figure:
     """UMAP of decision features as one WebGL trace (so selection indices are row numbers):
     colour = true class, marker = clean or the attack that produced the point."""

@@ -75,7 +75,9 @@ except NonFiniteError as e:
     st.stop()
 kinds = list(dict.fromkeys(table["kind"]))
 shown = cols[2].multiselect("Show", kinds, default=kinds, key="umap_kinds")
-view = table[table["kind"].isin(shown)].reset_index(drop=True)
+view, thinned = figures.thin_points(table[table["kind"].isin(shown)].reset_index(drop=True))
+if thinned:
+    st.info(thinned)
 st.caption("Fitted on clean inputs; attacked inputs (successful attacks only) are transformed into it. "
            "Colour: true class; marker: clean or attack. Draw a lasso or a box to inspect points.")
 event = chart(st, figures.decision_map(view, run.meta.class_names), key="umap", on_select="rerun",
