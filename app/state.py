@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from analysis import DatasetError, NonFiniteError, Outputs, collect
-from analysis.datasets import load_run_dataset
+from analysis.datasets import DATA_ENV, data_roots, load_dataset, load_run_dataset
 from app.roots import PathError, command_line_runs, resolve_within, roots
 from models import Run, RunError, find_runs, load_run, read_meta
 from models.convert import import_torch_weights
@@ -155,7 +155,31 @@ def sidebar() -> tuple[Run, str]:
     except RunError as e:
         st.error(f"This run cannot be opened: {e}. Choose another run in the sidebar.")
         st.stop()
+    _data_folder(run)
     return run, split
+
+
+def _data_folder(run: Run) -> None:
+    """Sidebar form, for a run whose dataset spec names no folder (``cifar10``) that this machine
+    does not know yet: the folder of the user's copy, inside a --root folder."""
+    name, _, root = run.meta.dataset.partition(":")
+    if root or name in data_roots():
+        return
+    with st.sidebar.expander(f"Data: where is your {name} copy?", expanded=True):
+        if not roots():
+            st.caption(f"Start the app with `--data {name}=DIR`, or with `--root FOLDER` to type a folder under FOLDER.")
+            return
+        text = st.text_input(f"Folder of your {name} copy", key=f"data_{name}")
+        if not text:
+            return
+        try:
+            folder = resolve_within(text, roots())
+            load_dataset(f"{name}:{folder}", "test")
+        except (PathError, DatasetError) as e:
+            st.error(f"Cannot use this folder: {e}")
+            return
+        os.environ[DATA_ENV] = os.pathsep.join(f"{k}={v}" for k, v in {**data_roots(), name: str(folder)}.items())
+        st.success(f"Using `{folder}` for {name} (for every session of this app).")
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

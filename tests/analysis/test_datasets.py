@@ -75,3 +75,15 @@ def test_flip_augmentation_mirrors_some_images():
     out = augment_batch(x, "shift_flip")
     right = out[..., 24:].sum(dim=(1, 2, 3)) > 0
     assert 0 < right.sum() < 64
+
+
+def test_cifar10_reads_an_imagefolder_copy_and_specs_without_a_folder_use_the_data_roots(cifar_root, monkeypatch):
+    from analysis.datasets import DATA_ENV
+
+    direct = load_dataset(f"cifar10:{cifar_root}", "test")
+    assert direct.spec == f"cifar10:{cifar_root}" and len(direct) == 100 and direct.class_names[0] == "airplane"
+    monkeypatch.setenv(DATA_ENV, f"cifar10={cifar_root}")
+    assert len(load_dataset("cifar10", "train")) == 200
+    monkeypatch.setenv(DATA_ENV, "")
+    with pytest.raises(DatasetError, match="--data cifar10=ROOT"):
+        load_dataset("cifar10", "test")

@@ -35,3 +35,31 @@ def test_a_foreign_json_in_a_run_is_reported_in_the_page(open_app, tmp_path):
     (odd / "model.json").write_text(json.dumps(meta))
     at = open_app(odd)
     assert "known: resnet20" in at.error[0].value
+
+
+def test_a_run_naming_its_dataset_without_a_folder_asks_for_one_under_the_roots(open_app, monkeypatch, tmp_path):
+    from PIL import Image
+
+    from analysis.datasets import DATA_ENV
+
+    run = tmp_path / "lab" / "portable"
+    shutil.copytree(DEFAULT_RUN, run, ignore=shutil.ignore_patterns("analysis", "speed.json"))
+    meta = json.loads((run / "model.json").read_text())
+    meta["dataset"] = "imagefolder"  # no folder: each machine says where its copy is
+    (run / "model.json").write_text(json.dumps(meta))
+    digits = tmp_path / "lab" / "digits"
+    for split in ("train", "test"):
+        for c in range(10):
+            (digits / split / str(c)).mkdir(parents=True)
+            Image.new("L", (28, 28), 255 if c == 1 else 0).save(digits / split / str(c) / "a.png")
+    monkeypatch.setenv(DATA_ENV, "")  # restored after the test: the app sets it for all sessions
+    monkeypatch.setenv("GATESCOPE_ROOTS", str(tmp_path / "lab"))
+    at = open_app(run)
+    assert "imagefolder needs a path" in at.warning[0].value  # the card shows, the data is asked for
+    at.sidebar.text_input(key="data_imagefolder").input(str(tmp_path / "elsewhere")).run()
+    assert "outside the folders" in at.sidebar.error[0].value
+    at.sidebar.text_input(key="data_imagefolder").input(str(digits)).run()
+    assert not at.exception and "Using" in at.sidebar.success[0].value
+    at.run()
+    labels = {m.label: m.value for m in at.metric}
+    assert "Accuracy (recomputed)" in labels and at.subheader[0].value.endswith("(10 inputs)")
