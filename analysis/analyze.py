@@ -64,7 +64,7 @@ def analyze(run: Run, config: AnalyzeConfig = AnalyzeConfig(), *, force: bool = 
         attacks[name] = _attack(store, run, split, clean, name, config, force, log)
     if not distributed.is_main():
         return {}  # under torchrun, detection and the map (not per-input work) run on rank 0 alone
-    detection = _detection(store, run, split, clean, attacks, config, force, log)
+    detection = _detection(store, run, split, clean, attacks, config, force, log) if attacks else {}
     _umap(store, clean, attacks, config, force, log)
     return detection
 
@@ -95,11 +95,27 @@ def _clean(store, run, split, config, force, log) -> dict:
     params = {"split": config.split, "limit": config.limit}
     if force or not store.has("clean", params):
         log(f"clean decision features of {len(split)} {config.split} images")
-        out = collect(run.model, split, batch_size=config.batch_size, progress=True)
-        if distributed.is_main():
-            store.save("clean", params, tables={"rows": outputs_table(out)}, arrays={"log_probs": out.log_probs})
-        distributed.barrier()
+        if distributed.active():  # gathered to every process; rank 0 writes
+            out = collect(run.model, split, batch_size=config.batch_size, progress=True)
+            if distributed.is_main():
+                store.save("clean", params, tables={"rows": outputs_table(out)}, arrays={"log_probs": out.log_probs})
+            distributed.barrier()
+        else:  # streamed to disk chunk by chunk: memory stays flat however large the split
+            store.save_streamed("clean", params, _feature_chunks(run, split, config.batch_size), len(split))
     return {"rows": store.table("clean", "rows"), "log_probs": store.array("clean", "log_probs")}
+
+
+CHUNK = 5000  # images per streamed chunk of clean features
+
+
+def _feature_chunks(run: Run, split: DatasetSplit, batch_size: int):
+    """(rows table, {"log_probs": ...}) per chunk of the split, with a progress bar over images."""
+    with tqdm(total=len(split), desc="clean decision features", unit="img") as bar:
+        for start in range(0, len(split), CHUNK):
+            part = split.with_dataset(torch.utils.data.Subset(split.dataset, range(start, min(start + CHUNK, len(split)))))
+            out = collect(run.model, part, batch_size=batch_size)
+            bar.update(len(part))
+            yield outputs_table(out), {"log_probs": out.log_probs}
 
 
 def _attack(store, run, split, clean, name, config, force, log) -> dict:

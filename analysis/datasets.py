@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from models.registry import Registry
 
@@ -71,10 +71,14 @@ def data_roots() -> dict[str, str]:
 def load_dataset(spec: str, split: str = "test") -> DatasetSplit:
     """Open a dataset split by spec, e.g. ``load_dataset("imagefolder:~/cifar10", "train")``; a
     spec without a path (``cifar10``) is looked up in :func:`data_roots`."""
-    if split not in SPLITS:
-        raise DatasetError(f"split is {split!r}; expected one of {', '.join(SPLITS)}")
+    if split not in (*SPLITS, "all"):
+        raise DatasetError(f"split is {split!r}; expected one of {', '.join(SPLITS)} (or all: train then test)")
     name, _, root = spec.partition(":")
-    return _OPENERS.get(name)(root or data_roots().get(name), split)
+    opener, root = _OPENERS.get(name), root or data_roots().get(name)
+    if split == "all":
+        train, test = opener(root, "train"), opener(root, "test")
+        return dataclasses.replace(train, split="all", dataset=ConcatDataset([train.dataset, test.dataset]))
+    return opener(root, split)
 
 
 def load_run_dataset(meta, split: str = "test") -> DatasetSplit:

@@ -18,7 +18,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -93,6 +93,55 @@ class AnalysisStore:
             files.append(self._write(f"{prefix}.{key}.npy", buf.getvalue()))
         if data is not None:
             files.append(self._write(f"{prefix}.json", (json.dumps(_plain(data), indent=1) + "\n").encode()))
+        self._record(name, params, files)
+
+    def save_streamed(self, name: str, params: dict[str, Any],
+                      chunks: Iterable[tuple[pd.DataFrame, dict[str, np.ndarray]]], rows: int) -> None:
+        """:meth:`save` for results too large to hold at once: each chunk's table is appended to
+        one Parquet file (table ``"rows"``, a row group per chunk) and its arrays to ``.npy`` files
+        of ``rows`` rows written through a memory map. Everything goes to temporary names that
+        are renamed only once complete, then the manifest records the entry."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        prefix = f"{name}.{self._digest(params)}"
+        temps: dict[Path, str] = {}  # temporary file -> final name
+        writer, arrays, at = None, {}, 0
+        try:
+            for table, chunk_arrays in chunks:
+                t = pa.Table.from_pandas(table, preserve_index=False)
+                if writer is None:
+                    tmp = self.path / f".{prefix}.rows.parquet.{os.getpid()}.tmp"
+                    writer, temps[tmp] = pq.ParquetWriter(tmp, t.schema), f"{prefix}.rows.parquet"
+                writer.write_table(t)
+                for key, a in chunk_arrays.items():
+                    if key not in arrays:
+                        tmp = self.path / f".{prefix}.{key}.npy.{os.getpid()}.tmp"
+                        arrays[key] = np.lib.format.open_memmap(tmp, mode="w+", dtype=a.dtype, shape=(rows, *a.shape[1:]))
+                        temps[tmp] = f"{prefix}.{key}.npy"
+                    arrays[key][at:at + len(a)] = a
+                at += len(table)
+            if at != rows:
+                raise ValueError(f"{name}: the chunks held {at} rows, {rows} were announced")
+            if writer is not None:
+                writer.close()
+            for a in arrays.values():
+                a.flush()
+            arrays.clear()  # closes the memory maps
+            for tmp, final in temps.items():
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, self.path / final)
+        except BaseException:
+            for tmp in temps:
+                tmp.unlink(missing_ok=True)
+            raise
+        self._record(name, params, list(temps.values()))
+
+    def _record(self, name: str, params: dict[str, Any], files: list[str]) -> None:
+        """Add the entry to the manifest (after its files are complete)."""
         with locked(self.path / LOCK):  # another process's save between our read and write would be lost
             manifest = self._manifest()
             replaced = manifest["entries"].get(name, {"files": []})["files"]

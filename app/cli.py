@@ -80,8 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                        description="Reuses what RUN/analysis already holds for the same parameters and weights.")
     p.add_argument("run", type=Path)
     p.add_argument("--limit", type=int, default=0, help="analyse only the first N images of the split (default: all)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--attacks", nargs="+", default=None, help="(default: fgsm pgd deepfool cw_l2)")
+    p.add_argument("--split", default="test", choices=["test", "train", "all"], help="all: train then test (default: test)")
+    p.add_argument("--attacks", nargs="+", default=None, help="(default: fgsm pgd deepfool cw_l2; none: features and map only)")
     p.add_argument("--attack-param", action="append", default=[], metavar="ATTACK.NAME=VALUE",
                    help="override an attack default, e.g. pgd.eps=0.1 (repeatable)")
     p.add_argument("--detectors", nargs="+", default=None)
@@ -259,7 +259,7 @@ def _analyze(args: argparse.Namespace) -> int:
         overrides.setdefault(attack, {})[name] = json.loads(value)
     defaults = AnalyzeConfig()
     config = AnalyzeConfig(
-        split=args.split, limit=args.limit, attacks=tuple(args.attacks or defaults.attacks), attack_params=overrides,
+        split=args.split, limit=args.limit, attacks=() if args.attacks == ["none"] else tuple(args.attacks or defaults.attacks), attack_params=overrides,
         detectors=tuple(args.detectors or defaults.detectors), seed=args.seed, adaptive=not args.no_adaptive,
     )
     t0 = time.perf_counter()
@@ -267,7 +267,7 @@ def _analyze(args: argparse.Namespace) -> int:
         results = analyze(load_run(args.run), config, force=args.force, log=print if main else (lambda s: None))
     if not main:
         return 0  # rank 0 reports and writes
-    print(format_detection(results))
+    print(format_detection(results) if results else "no attacks: decision features and the map only")
     print(f"\n(analysis of {args.run} took {time.perf_counter() - t0:.0f} s; results in {args.run / 'analysis'})")
     return 0
 

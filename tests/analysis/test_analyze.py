@@ -114,3 +114,23 @@ def test_adaptive_pgd_lowers_the_detector_logit(analysed):
         adaptive_logit = detector(run.model.decide(adaptive)[1]).mean()
     assert adaptive_logit < plain_logit
     assert (adaptive - xs).abs().max() <= 0.3 + 1e-6
+
+
+def test_clean_features_stream_to_disk_in_chunks_equal_to_one_pass(tmp_path, monkeypatch):
+    import analysis.analyze as analyze_module
+    from analysis import collect, load_dataset
+    from analysis.analyze import outputs_table
+
+    run_path = tmp_path / "streamed"
+    shutil.copytree(DEFAULT_RUN, run_path, ignore=shutil.ignore_patterns("analysis", "speed.json"))
+    monkeypatch.setattr(analyze_module, "CHUNK", 170)  # 600 images: chunks of 170, 170, 170, 90
+    run = load_run(run_path)
+    analyze(run, AnalyzeConfig(split="all", limit=600, attacks=()), log=lambda s: None)
+    store = AnalysisStore(run)
+    assert store.names() == ["clean", "umap"]  # no attacks: features and the map only
+    split = load_dataset("mnist5k", "all")
+    assert len(split) == 5000 and split.split == "all"
+    expected = collect(run.model, split.with_dataset(torch.utils.data.Subset(split.dataset, range(600))))
+    assert store.table("clean", "rows").equals(outputs_table(expected))
+    np.testing.assert_allclose(store.array("clean", "log_probs"), expected.log_probs, atol=1e-6)
+    assert not [f for f in store.path.iterdir() if f.name.endswith(".tmp")]
