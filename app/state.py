@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from analysis import DatasetError, NonFiniteError, Outputs, collect
-from analysis.datasets import DATA_ENV, data_roots, load_dataset, load_run_dataset
+from analysis.datasets import DATA_ENV, ROOTLESS, data_roots, load_dataset, load_run_dataset
 from app.roots import PathError, command_line_runs, resolve_within, roots
 from models import Run, RunError, find_runs, load_run, read_meta
 from models.convert import import_torch_weights
@@ -163,7 +163,7 @@ def _data_folder(run: Run) -> None:
     """Sidebar form, for a run whose dataset spec names no folder (``cifar10``) that this machine
     does not know yet: the folder of the user's copy, inside a --root folder."""
     name, _, root = run.meta.dataset.partition(":")
-    if root or name in data_roots():
+    if root or name in ROOTLESS or name in data_roots():
         return
     with st.sidebar.expander(f"Data: where is your {name} copy?", expanded=True):
         if not roots():

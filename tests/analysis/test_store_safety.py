@@ -135,12 +135,19 @@ def test_a_reader_holding_parameters_reads_its_own_results(tiny_run):
     assert not store.has("umap", {"neighbors": 5}) and store.has("umap", {"neighbors": 8})
 
 
-def test_entries_stored_before_file_names_had_digests_still_read():
-    store = AnalysisStore(load_run(DEFAULT_RUN))  # the shipped run: clean.rows.parquet, ...
-    params = store.params("clean")
+def test_entries_stored_before_file_names_had_digests_still_read(tiny_run):
+    run = load_run(tiny_run)
+    folder = tiny_run / "analysis"  # as an older gatescope wrote it: clean.rows.parquet, ...
+    folder.mkdir()
+    pd.DataFrame({"label": [3, 1]}).to_parquet(folder / "clean.rows.parquet", index=False)
+    np.save(folder / "clean.log_probs.npy", np.zeros((2, 4, 3), np.float32))
+    params = {"split": "test", "limit": 2}
+    (folder / "manifest.json").write_text(json.dumps({"weights_sha256": run.meta.weights_sha256, "entries": {
+        "clean": {"params": params, "files": ["clean.rows.parquet", "clean.log_probs.npy"]}}}))
+    store = AnalysisStore(run)
     assert store.has("clean", params)
-    rows = store.table("clean", "rows")
-    assert len(rows) == len(store.array("clean", "log_probs", params)) > 0
+    assert list(store.table("clean", "rows")["label"]) == [3, 1]
+    assert store.array("clean", "log_probs", params).shape == (2, 4, 3)
 
 
 def test_unlisted_files_are_deleted_only_after_the_grace_period(tiny_run):

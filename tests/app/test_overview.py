@@ -17,6 +17,7 @@ def test_overview_opens_on_the_default_model(open_app):
     assert labels["Mean counted MACs"] == f"{recorded['macs_ratio']['mean']:.1%}"
     assert [s.value for s in at.subheader][:3] == [
         "Per-input cost on the test split (1,000 inputs)", "Training", "Mask utilisation"]
+    assert not [e for e in at.sidebar.expander if e.label.startswith("Data:")]  # mnist5k needs no folder
 
 
 def test_overview_without_its_data_still_shows_the_card_and_says_what_it_needs(open_app, tmp_path):

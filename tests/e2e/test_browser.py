@@ -190,31 +190,44 @@ def test_uploads_are_refused_or_converted_in_chromium(server, browser, tmp_path)
     page.screenshot(path=str(_shots(tmp_path) / "upload.png"), full_page=True)
 
 
+def _upload(page, key: str, file: Path, tries: int = 3) -> None:
+    """Put ``file`` into the uploader ``key`` and wait until it lists it: an upload made while the
+    page reruns after the previous one can be dropped by the browser, so it is retried."""
+    uploader = page.locator(f'.st-key-{key} [data-testid="stFileUploaderDropzoneInput"]')
+    for _ in range(tries):
+        _wait_idle(page)
+        uploader.set_input_files(str(file))
+        try:
+            page.locator(f".st-key-{key}").get_by_text(file.name, exact=True).wait_for(timeout=15_000)
+            return
+        except Exception:  # Playwright's TimeoutError: try again
+            continue
+    pytest.fail(f"{file.name} never showed in the {key} uploader")
+
+
 def test_uploaded_runs_are_checked_in_chromium(server, browser, tmp_path):
     """Each bad run-upload kind gets its reason inside the page; then a good one is added."""
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
-    page.goto(server)
-    _wait_idle(page)
-    page.get_by_text("Open an uploaded run").click()
-    weights = page.locator('.st-key-upload_weights [data-testid="stFileUploaderDropzoneInput"]')
-    meta = page.locator('.st-key-upload_meta [data-testid="stFileUploaderDropzoneInput"]')
     marker = tmp_path / "payload-ran"
     for i, (kind, (name, weights_data, meta_data)) in enumerate(bad_runs(marker).items()):
         if kind == "random .pt":
             continue  # same path through the page as the pickle payload
+        page.goto(server)  # a fresh session per kind: empty uploaders
+        _wait_idle(page)
+        page.get_by_text("Open an uploaded run").click()
         folder = tmp_path / f"kind{i}"
         folder.mkdir()
         (folder / f"{i}-{name}").write_bytes(weights_data)
-        (folder / "model.json").write_bytes(meta_data)
-        weights.set_input_files(str(folder / f"{i}-{name}"))
-        meta.set_input_files(str(folder / "model.json"))
+        (folder / f"model-{i}.json").write_bytes(meta_data)
+        _upload(page, "upload_weights", folder / f"{i}-{name}")
+        _upload(page, "upload_meta", folder / f"model-{i}.json")
         reason = REFUSED_BECAUSE[kind].split("|")[0]
         page.wait_for_selector("text=This upload is not a usable run", timeout=60_000)
         page.wait_for_selector(f"text={reason}", timeout=60_000)
         assert page.locator('[data-testid="stException"]').count() == 0, kind
     assert not marker.exists()
-    weights.set_input_files(str(DEFAULT_RUN / "model.safetensors"))
-    meta.set_input_files(str(DEFAULT_RUN / "model.json"))
+    _upload(page, "upload_weights", DEFAULT_RUN / "model.safetensors")
+    _upload(page, "upload_meta", DEFAULT_RUN / "model.json")
     page.wait_for_selector("text=Uploaded run added to the Run list", timeout=60_000)
     _wait_idle(page)
     page.screenshot(path=str(_shots(tmp_path) / "upload-run.png"), full_page=True)
