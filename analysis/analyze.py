@@ -25,7 +25,7 @@ from .datasets import DatasetSplit, load_run_dataset, subset
 from .detection import SourceSplit, detection_metrics, labelled
 from .detectors import create_detector
 from .embedding import umap_embedding
-from .evaluation import Outputs, check_finite, collect, decision_features
+from .evaluation import Outputs, check_finite, collect
 from .store import AnalysisStore
 
 
