@@ -29,13 +29,14 @@ class DynamicExecutor:
     >>> logits = fast(images)
     """
 
-    def __init__(self, model: ConvChain, *, cache_size: int = 4096):
+    def __init__(self, model: ConvChain, *, cache_size: int = 4096, min_group: int = 8):
         if not isinstance(model, ConvChain):
             raise TypeError(f"DynamicExecutor runs chains of convs (small_cnn, vgg*); got {type(model).__name__}")
         self.model = model.eval()
         self._layers = [_Layer(conv) for conv in model.convs]
         self._cache: dict[tuple, torch.Tensor] = {}
         self._cache_size = cache_size
+        self.min_group = min_group  # smaller groups on average: one masked conv over the union instead
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,13 +64,22 @@ class DynamicExecutor:
         return F.linear(h.mean(dim=(2, 3)), weight, fc.bias)
 
     def _grouped(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch: per gated layer, one conv per group of inputs that chose the same action."""
+        """A batch: per gated layer, one conv per group of inputs that chose the same action, or,
+        when the groups are small (more than one per ``min_group`` inputs), one conv over the
+        channels that any input needs, masked per input."""
         h = (x - self.model.mean) / self.model.std
         active = torch.ones(len(x), h.shape[1], dtype=torch.bool, device=h.device)  # channels that may be non-zero
         for i, (layer, pool) in enumerate(zip(self._layers, self.model._pools)):
+            actions = layer.actions(h)
+            present = None if actions is None else torch.unique(actions)
+            if present is not None and len(present) > max(1, len(x) // self.min_group):
+                h, active = self._union(i, layer, h, active, actions)
+                if pool:
+                    h = _pool(h)
+                continue
             out = h.new_zeros(len(x), layer.out_channels, *_conv_size(h.shape[2:], layer.stride))
             out_active = torch.zeros(len(x), layer.out_channels, dtype=torch.bool, device=h.device)
-            for rows, action in layer.groups(h):
+            for rows, action in layer.groups(actions, present, len(x)):
                 in_ch = active[rows].any(0).nonzero().flatten()
                 out_ch = layer.outputs(action)[0]
                 key = ("group", i, action, in_ch.numel(), hash(in_ch.cpu().numpy().tobytes()))
@@ -80,6 +90,26 @@ class DynamicExecutor:
             if pool:
                 h = _pool(h)
         return self.model.fc(h.mean(dim=(2, 3)))
+
+    def _union(self, i: int, layer: "_Layer", h: torch.Tensor, active: torch.Tensor, actions: torch.Tensor):
+        """One conv for the whole batch over the union of the channels its inputs use; each
+        input's own mask (with BN's scale and shift) applied after."""
+        masks = layer.bank.weight.detach()[actions]  # (B, C_out)
+        used_in, used_out = active.any(0), (masks != 0).any(0)
+        if bool(used_in.all()) and bool(used_out.all()):  # nothing to skip: no gather, no scatter
+            y = F.conv2d(h, layer.weight, stride=layer.stride, padding=1)
+            return F.relu(y * (layer._scale * masks)[:, :, None, None] + (layer._shift * masks)[:, :, None, None]), masks != 0
+        in_ch, out_ch = used_in.nonzero().flatten(), used_out.nonzero().flatten()
+        key = ("union", i, hash(used_in.cpu().numpy().tobytes()), hash(used_out.cpu().numpy().tobytes()))
+        weight = self._cached(key, lambda: layer.weight.index_select(0, out_ch).index_select(1, in_ch).contiguous())
+        m = masks[:, out_ch]
+        scale, shift = (layer._scale[out_ch] * m)[:, :, None, None], (layer._shift[out_ch] * m)[:, :, None, None]
+        out = h.new_zeros(len(h), layer.out_channels, *_conv_size(h.shape[2:], layer.stride))
+        if in_ch.numel() and out_ch.numel():
+            out[:, out_ch] = F.conv2d(h[:, in_ch], weight, stride=layer.stride, padding=1) * scale + shift
+        elif out_ch.numel():
+            out[:, out_ch] = shift.expand(-1, -1, *out.shape[2:])
+        return F.relu(out), masks != 0
 
     def _folded(self, key: tuple, layer: "_Layer", action: int | None, in_ch: torch.Tensor | None):
         """Conv weight and bias restricted to the action's output channels and the input channels
@@ -124,13 +154,17 @@ class _Layer:
                 ch = row.nonzero().flatten()
                 self._per_action.append((ch, self._scale[ch] * row[ch], self._shift[ch] * row[ch]))
 
-    def groups(self, h: torch.Tensor):
-        """(rows, action) per group of inputs that chose the same action (one group if ungated)."""
-        rows = torch.arange(len(h), device=h.device)
-        if self.bank is None:
+    def actions(self, h: torch.Tensor) -> torch.Tensor | None:
+        """The action each input of ``h`` (this layer's input) chooses; None if ungated."""
+        return None if self.bank is None else self.decision(h).argmax(dim=1)
+
+    def groups(self, actions: torch.Tensor | None, present: torch.Tensor | None, n: int):
+        """(rows, action) per group of inputs that chose the same action (one group if ungated);
+        ``present``: the distinct actions."""
+        rows = torch.arange(n)
+        if actions is None:
             return [(rows, None)]
-        actions = self.decision(h).argmax(dim=1)
-        return [(rows[actions == a], int(a)) for a in torch.unique(actions)]
+        return [(rows[actions == a], int(a)) for a in present]
 
     def outputs(self, action: int | None):
         if action is None:

@@ -36,14 +36,15 @@ def test_equals_the_masked_shipped_model_on_its_test_images_one_by_one_and_batch
     assert (masked - batched).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("min_group", [1, 1000], ids=["one-conv-per-action", "one-conv-over-the-union"])
 @pytest.mark.parametrize("arch, shape", [("small_cnn", (1, 28, 28)), ("vgg7", (3, 32, 32)), ("vgg11", (3, 32, 32))])
-def test_equals_the_masked_network_with_sparse_masks_and_dead_actions(arch, shape):
+def test_equals_the_masked_network_with_sparse_masks_and_dead_actions(arch, shape, min_group):
     model = _sparse(create_model(arch, gated=True, num_classes=10, in_channels=shape[0], num_actions=4))
     for m in model.modules():  # non-trivial BN statistics, so scale and shift matter
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
     x = torch.rand(48, *shape)
-    fast = DynamicExecutor(model)
+    fast = DynamicExecutor(model, min_group=min_group)
     with torch.no_grad():
         logits, decisions = model.decide(x)
         assert any(bool((d.action == 0).any()) for d in decisions), "the dead action is exercised"
