@@ -15,8 +15,8 @@ def test_overview_opens_on_the_default_model(open_app):
     recorded = json.loads((DEFAULT_RUN / "model.json").read_text())["metrics"]
     assert labels["Accuracy (recomputed)"] == f"{recorded['test_accuracy']:.2%}"
     assert labels["Mean counted MACs"] == f"{recorded['macs_ratio']['mean']:.1%}"
-    assert [s.value for s in at.subheader][:3] == [
-        "Per-input cost on the test split (1,000 inputs)", "Training", "Mask utilisation"]
+    assert [s.value for s in at.subheader][:4] == [
+        "Per-input cost on the test split (1,000 inputs)", "Measured speed", "Training", "Mask utilisation"]
     assert not [e for e in at.sidebar.expander if e.label.startswith("Data:")]  # mnist5k needs no folder
 
 
