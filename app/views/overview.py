@@ -54,7 +54,10 @@ if speed:
     st.dataframe(pd.DataFrame(speed["rows"]).rename(columns={
         "batch_size": "batch", "macs_ratio": "counted MACs ratio", "ungated_ms": "ungated (ms)", "masked_ms": "masked (ms)",
         "executor_ms": "executor (ms)", "executor_vs_masked": "executor speed-up vs masked",
-        "executor_vs_ungated": "executor speed-up vs ungated"}).drop(columns="calls"), hide_index=True, key="speed")
+        "executor_vs_ungated": "executor speed-up vs ungated"}).drop(columns="calls"), hide_index=True, key="speed",
+        column_config={c: st.column_config.NumberColumn(format=f) for c, f in [
+            ("counted MACs ratio", "%.3f"), ("ungated (ms)", "%.3f"), ("masked (ms)", "%.3f"), ("executor (ms)", "%.3f"),
+            ("executor speed-up vs masked", "%.2fx"), ("executor speed-up vs ungated", "%.2fx")]})
 elif gates:
     st.caption(f"Measured latency (ungated, masked, channel-skipping executor): "
                f"`python benchmarks/dynamic_speed.py {run.path}` stores it here.")
