@@ -68,3 +68,13 @@ def test_without_data_the_app_shows_the_card_and_says_what_data_it_needs(open_ap
     assert at.metric[0].label == "Test accuracy (recorded)"
     assert "cifar10 needs the folder of a CIFAR-10 copy" in at.warning[0].value
     assert any("--data cifar10=DIR" in c.value for c in at.sidebar.caption)
+
+
+@pytest.mark.app
+def test_the_shipped_detection_audit_is_on_the_detection_page(open_app, monkeypatch):
+    monkeypatch.setenv(DATA_ENV, "")
+    at = open_app(CIFAR_RUN, page="views/detection.py")
+    table = at.dataframe[0].value
+    assert set(table["attack"]) == {"fgsm", "bim", "pgd", "deepfool", "cw_l2"}
+    assert set(table["detector"]) == {"decision-logreg", "decision-gbm", "kd-bu", "lid", "mahalanobis"}
+    assert table["ROC-AUC"].between(0, 1).all() and (table["clean / adversarial (test)"] != "").all()
