@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 from models import Run
 
 from . import distributed
-from .adaptive import adaptive_pgd, torch_logistic
-from .attacks import create_attack, default_params
+from .adversarial.adaptive import adaptive_pgd, torch_logistic
+from .adversarial.attacks import create_attack, default_params
 from .datasets import DatasetSplit, load_run_dataset, subset
-from .detection import SourceSplit, detection_metrics, labelled
-from .detectors import create_detector
+from .adversarial.protocol import SourceSplit, detection_metrics, labelled
+from .adversarial.detectors import create_detector
 from .embedding import umap_embedding
 from .evaluation import Outputs, check_finite, collect
 from .store import AnalysisStore

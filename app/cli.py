@@ -232,8 +232,8 @@ def _import(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from analysis import list_datasets
-    from analysis.attacks import list_attacks
-    from analysis.detectors import list_detectors
+    from analysis.adversarial.attacks import list_attacks
+    from analysis.adversarial.detectors import list_detectors
     from models import list_models
 
     print("architectures:", ", ".join(list_models()))

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from analysis.detection import confusion_at
+from analysis.adversarial.protocol import confusion_at
 from app import figures
 from app.widgets import chart
 from app.state import get_analysis, get_analysis_table, missing_analysis, sidebar

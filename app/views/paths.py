@@ -6,7 +6,7 @@ import streamlit as st
 import torch
 
 from analysis.analyze import dataset_kind
-from analysis.attacks import create_attack, default_params, list_attacks
+from analysis.adversarial.attacks import create_attack, default_params, list_attacks
 from analysis.attribution import decision_attribution
 from analysis.images import ImageError, image_to_input
 from analysis.paths import changed_layers, decision_path, sankey_links

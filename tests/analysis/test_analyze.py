@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.adaptive import adaptive_pgd, torch_logistic
+from analysis.adversarial.adaptive import adaptive_pgd, torch_logistic
 from analysis.analyze import AnalyzeConfig, analyze
 from analysis.embedding import umap_embedding
 from analysis.store import AnalysisStore

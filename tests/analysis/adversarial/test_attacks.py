@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis import attacks
-from analysis.attacks import Attack, AttackResult, FGSMConfig, create_attack, default_params, list_attacks
+from analysis.adversarial import attacks
+from analysis.adversarial.attacks import Attack, AttackResult, FGSMConfig, create_attack, default_params, list_attacks
 from conftest import DEFAULT_RUN
 
 SHAPE = (1, 4, 4)  # tiny grayscale "images"; the linear models flatten them to 16 features

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from analysis.detection import SourceSplit, detection_metrics, labelled, tpr_at_fpr
+from analysis.adversarial.protocol import SourceSplit, detection_metrics, labelled, tpr_at_fpr
 
 
 def test_source_split_is_a_fixed_partition():
@@ -45,7 +45,7 @@ def test_confusion_at_a_threshold_matches_counting_directly():
     labels = np.r_[np.zeros(300), np.ones(200)].astype(int)
     scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1)
     m = detection_metrics(labels, scores, n_boot=20)
-    from analysis.detection import confusion_at
+    from analysis.adversarial.protocol import confusion_at
 
     for t in (0.3, 0.5, 0.7):
         c = confusion_at(m, t)

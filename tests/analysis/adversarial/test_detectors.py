@@ -10,7 +10,7 @@ from sklearn.neighbors import KernelDensity
 from threadpoolctl import threadpool_limits
 
 from analysis import load_dataset
-from analysis.detectors import (
+from analysis.adversarial.detectors import (
     DetectorError, class_gaussians, create_detector, kd_log_density, lid_estimate, lid_mle, list_detectors,
     mahalanobis_scores, mc_dropout_uncertainty,
 )
