@@ -1,0 +1,215 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from analysis import load_dataset
+from analysis.adversarial.detector_base import (
+    DetectorError, activations, create_detector, detector_class, list_detectors,
+)
+from analysis.adversarial.mahalanobis import MAGNITUDES, MahalanobisLee
+from conftest import DEFAULT_RUN
+from models import GatedConv, load_run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_openmp_thread():
+    # on a shared 2-core machine torch's and scikit-learn's OpenMP pools starve each other
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The default model, 300 reference images and labels, 500 clean test images."""
+    model = load_run(DEFAULT_RUN).model
+    ref_x, ref_y = load_dataset("mnist5k", "train").dataset.tensors
+    x, _ = load_dataset("mnist5k", "test").dataset.tensors
+    return model, ref_x[:300], ref_y[:300], x[:500]
+
+
+def _noisy(x, amplitude, seed=0):
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed)) - 0.5
+    return (x + amplitude * noise).clamp(0, 1)
+
+
+def _numpy_gaussians(model, ref_x, ref_y):
+    """Per block: the class means and the pseudo-inverse of the tied covariance, from all
+    features at once, the textbook way."""
+    with torch.no_grad():
+        acts = activations(model.eval(), ref_x)
+    labels, out = ref_y.numpy(), {}
+    for name, a in acts.items():
+        if name == "logits":
+            continue
+        f = (a.flatten(2).mean(2) if a.dim() == 4 else a).double().numpy()
+        means = np.stack([f[labels == c].mean(0) for c in range(10)])
+        centred = f - means[labels]
+        out[name] = (f, means, np.linalg.pinv(centred.T @ centred / len(f), hermitian=True))
+    return out
+
+
+def _numpy_confidence(f, means, precision):
+    diff = f[:, None, :] - means[None]  # (N, C, D)
+    return -np.einsum("ncd,de,nce->nc", diff, precision, diff).min(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Class statistics and the score
+
+
+def test_streamed_statistics_equal_the_closed_form_on_all_features(shipped):
+    model, ref_x, ref_y, _ = shipped
+    cuts = [0, 7, 100, 101, 233, 300]  # uneven batches, one of a single image
+    loader = [(ref_x[a:b], ref_y[a:b]) for a, b in zip(cuts, cuts[1:])]
+    det = MahalanobisLee(model, ref_x[:20], ref_y[:20], reference_loader=loader, magnitude=0)
+    expected = _numpy_gaussians(model, ref_x, ref_y)
+    assert det.feature_names == list(expected) == [*(n for n, m in model.named_modules() if isinstance(m, GatedConv)),
+                                                   "fc.input"]
+    assert det.params["n_reference"] == 300 and det.params["reference"] == "reference_loader"
+    for name, (_, means, precision) in expected.items():
+        assert det.means[name].dtype == det.precisions[name].dtype == torch.float64
+        np.testing.assert_allclose(det.means[name].numpy(), means, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(det.precisions[name].numpy(), precision, rtol=1e-8, atol=1e-8 * abs(precision).max())
+    # ref_x, ref_y in batches of 64: the same statistics
+    direct = MahalanobisLee(model, ref_x, ref_y, magnitude=0, batch_size=64)
+    assert direct.params["n_reference"] == 300 and direct.params["reference"] == "ref_x"
+    for name in expected:
+        torch.testing.assert_close(direct.precisions[name], det.precisions[name], rtol=1e-8, atol=1e-6)
+
+
+def test_magnitude_zero_is_the_plain_mahalanobis_confidence(shipped):
+    model, ref_x, ref_y, x = shipped
+    det = MahalanobisLee(model, ref_x, ref_y, magnitude=0)
+    points = _numpy_gaussians(model, x[:60], torch.zeros(60, dtype=torch.long).remainder(10) + torch.arange(60) % 10)
+    reference = _numpy_gaussians(model, ref_x, ref_y)
+    by_hand = np.stack([_numpy_confidence(points[n][0], *reference[n][1:]) for n in det.feature_names], 1)
+    np.testing.assert_allclose(det.features(x[:60]), by_hand, rtol=1e-9)
+
+
+def test_preprocessing_moves_each_point_towards_its_closest_class_mean(shipped):
+    model, ref_x, ref_y, x = shipped
+    before = MahalanobisLee(model, ref_x, ref_y, magnitude=0).features(x[:100])  # -distance to the closest mean
+    after = MahalanobisLee(model, ref_x, ref_y, magnitude=0.0005).features(x[:100])
+    assert (after > before).all()  # every image, every block: closer after its block's step
+    further = MahalanobisLee(model, ref_x, ref_y, magnitude=0.002).features(x[:100])
+    assert (further > before).mean() > 0.9
+
+
+# ---------------------------------------------------------------------------------------------
+# The magnitude chosen on validation
+
+
+def test_the_chosen_magnitude_has_the_best_validation_auc(shipped):
+    model, ref_x, ref_y, x = shipped
+    faint = _noisy(x, 0.015)  # weak noise: the magnitudes' AUCs differ
+    fit, val = (x[:80], faint[80:160]), (x[160:200], faint[200:240])
+    det = MahalanobisLee(model, ref_x, ref_y)
+    det.select(fit, val)
+    aucs = det.params["magnitude_auc"]
+    assert list(aucs) == [str(m) for m in MAGNITUDES] and all(type(a) is float for a in aucs.values())
+    assert det.params["magnitude"] == max(MAGNITUDES, key=lambda m: aucs[str(m)])
+    assert len(set(aucs.values())) > 1  # a real choice
+    for magnitude in (0.0, det.params["magnitude"], 0.0014):
+        fixed = MahalanobisLee(model, ref_x, ref_y, magnitude=magnitude)
+        feats = [fixed.features(images) for images in (*fit, *val)]
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        clf.fit(np.concatenate(feats[:2]), np.r_[np.zeros(80), np.ones(80)])
+        auc = roc_auc_score(np.r_[np.zeros(40), np.ones(40)], clf.predict_proba(np.concatenate(feats[2:]))[:, 1])
+        assert aucs[str(magnitude)] == pytest.approx(auc, abs=1e-12)
+
+
+def test_a_magnitude_given_to_the_constructor_is_kept_by_fit(shipped):
+    model, ref_x, ref_y, x = shipped
+    det = MahalanobisLee(model, ref_x, ref_y, magnitude=0.001).fit(x[:20], _noisy(x[20:40], 1.0))
+    assert det.params["magnitude"] == 0.001 and "magnitude_auc" not in det.params
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitted on the shipped model
+
+
+@pytest.fixture(scope="module")
+def fitted(shipped):
+    """The detector fitted on 200 clean and 200 noisy images (the magnitude chosen on validation)."""
+    model, ref_x, ref_y, x = shipped
+    noisy = _noisy(x, 1.0)
+    det = create_detector("mahalanobis-lee", model, ref_x, ref_y).fit(x[:200], noisy[200:400])
+    return det, x, noisy
+
+
+def test_detector_separates_clean_from_noisy_images(shipped, fitted):
+    model = shipped[0]
+    det, clean, noisy = fitted
+    assert det.name == "mahalanobis-lee" and json.loads(json.dumps(det.params)) == det.params
+    assert det.params["magnitude"] in MAGNITUDES and det.validation["auc"] > 0.9
+    held_out = torch.cat([clean[400:], noisy[:100]])  # images the detector has not seen
+    scores = det.score(held_out)
+    assert scores.shape == (200,) and ((scores >= 0) & (scores <= 1)).all()
+    assert roc_auc_score(np.r_[np.zeros(100), np.ones(100)], scores) > 0.9
+    np.testing.assert_array_equal(det.score(held_out), scores)  # deterministic
+    assert not model.training
+    assert not any(m._forward_hooks for m in model.modules() if isinstance(m, GatedConv))
+    assert not model.fc._forward_pre_hooks
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_torch_logit_is_differentiable_and_is_the_logit_of_score(shipped):
+    model, ref_x, ref_y, x = shipped
+    noisy = _noisy(x, 1.0)
+    det = MahalanobisLee(model, ref_x, ref_y, magnitude=0.002).fit(x[:50], noisy[50:100])  # the BPDA path
+    images = torch.cat([x[400:405], noisy[:5]]).requires_grad_(True)
+    model.eval()
+    logit = det.torch_logit(images)
+    (grad,) = torch.autograd.grad(logit.sum(), images)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    np.testing.assert_allclose(torch.sigmoid(logit).detach().numpy(), det.score(images.detach()), rtol=0, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())
+    assert not any(m._forward_hooks for m in model.modules() if isinstance(m, GatedConv))
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry and bad input
+
+
+def test_it_is_registered_as_a_baseline():
+    assert "mahalanobis-lee" in list_detectors()
+    assert detector_class("mahalanobis-lee") is MahalanobisLee and MahalanobisLee.family == "baseline"
+
+
+def test_a_class_missing_from_the_reference_set_is_named(shipped):
+    model, ref_x, ref_y, _ = shipped
+    keep = (ref_y != 3) & (ref_y != 7)
+    with pytest.raises(DetectorError, match=r"no image of class 3, 7 of the model's 10"):
+        MahalanobisLee(model, ref_x[keep], ref_y[keep])
+
+
+@pytest.mark.parametrize("magnitude", [-0.001, float("nan"), "0.01"])
+def test_a_bad_magnitude_says_what_is_expected(shipped, magnitude):
+    model, ref_x, ref_y, _ = shipped
+    with pytest.raises(DetectorError, match=r"magnitude must be a finite number >= 0"):
+        MahalanobisLee(model, ref_x, ref_y, magnitude=magnitude)
+
+
+@pytest.mark.parametrize("loader, message", [
+    ([], "yielded no batch"),
+    ([torch.zeros(4, 1, 28, 28)], r"\(images, labels\) pairs; batch 0 is Tensor"),
+    ([(torch.zeros(4, 1, 28, 28), torch.zeros(3, dtype=torch.long))], r"batch 0: labels must be \(4,\) integers"),
+    ([(torch.zeros(4, 1, 28, 28), torch.full((4,), 10))], r"batch 0: labels must be class indices in \[0, 10\)"),
+])
+def test_a_bad_reference_loader_is_named(shipped, loader, message):
+    model, ref_x, ref_y, _ = shipped
+    with pytest.raises(DetectorError, match=message):
+        MahalanobisLee(model, ref_x, ref_y, reference_loader=loader)
+
+
+def test_features_before_the_magnitude_is_chosen_say_how_to_choose_it(shipped):
+    model, ref_x, ref_y, x = shipped
+    with pytest.raises(DetectorError, match="no noise magnitude yet: fit chooses it"):
+        MahalanobisLee(model, ref_x, ref_y).features(x[:4])
