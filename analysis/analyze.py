@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 from models import Run
 
 from . import distributed
-from .adversarial.adaptive import adaptive_pgd, torch_logistic
 from .adversarial.attacks import create_attack, default_params
-from .datasets import DatasetSplit, load_run_dataset, subset
-from .adversarial.protocol import SourceSplit, detection_metrics, labelled
+from .adversarial.audit import AuditInputs, audit
+from .adversarial.compute_attack import compute_attack_report, eps_label
 from .adversarial.detectors import create_detector
+from .datasets import DatasetSplit, load_run_dataset, subset
 from .embedding import umap_embedding
 from .evaluation import Outputs, check_finite, collect
 from .store import AnalysisStore
@@ -35,14 +35,20 @@ class AnalyzeConfig:
 
     split: str = "test"
     limit: int = 0  # analyse only the first N images of the split (0: all)
-    attacks: tuple[str, ...] = ("fgsm", "pgd", "deepfool", "cw_l2")
+    # minimal (deepfool, cw_l2) and confident (cw_l2_k10, cw_l2_k20, pgd_margin) attacks side by side
+    attacks: tuple[str, ...] = ("fgsm", "pgd", "deepfool", "cw_l2", "cw_l2_k10", "cw_l2_k20", "pgd_margin")
     attack_params: dict = field(default_factory=dict)  # {"pgd": {"eps": 0.1}} overrides the defaults
-    detectors: tuple[str, ...] = ("decision-logreg", "decision-gbm", "kd-bu", "lid", "mahalanobis")
-    reference: int = 1000  # clean training images given to the baselines
+    detectors: tuple[str, ...] = ("decision-logreg", "decision-gbm", "decision-class", "decision-class+lp",
+                                  "decision+margin", "decision-class+margin", "msp", "margin", "kd-bu", "lid",
+                                  "mahalanobis-lee", "mahalanobis")
+    simplified: bool = True  # also the simplified baselines (fixed KD bandwidth, fixed LID k; "mahalanobis")
+    reference: int = 1000  # clean training images for class statistics, densities and neighbours (Lee: all)
     seed: int = 0
     n_boot: int = 1000  # bootstrap resamples for the 95% intervals
-    adaptive: bool = True  # also run PGD against the decision-feature detector
-    adaptive_weight: float = 1.0  # weight of the detector's logit in the adaptive loss
+    adaptive: bool = True  # also attack every detector adaptively (PGD's budget)
+    adaptive_limit: int = 1000  # test-side inputs attacked adaptively per detector
+    compute_eps: tuple[float, ...] = (2 / 255, 4 / 255, 8 / 255)  # L-inf budgets of the compute (MACs) attack; () skips it
+    compute_limit: int = 0  # inputs given to the compute attack (0: every analysed image)
     umap_neighbors: int = 15
     umap_min_dist: float = 0.1
     batch_size: int = 250
@@ -65,8 +71,25 @@ def analyze(run: Run, config: AnalyzeConfig = AnalyzeConfig(), *, force: bool = 
     if not distributed.is_main():
         return {}  # under torchrun, detection and the map (not per-input work) run on rank 0 alone
     detection = _detection(store, run, split, clean, attacks, config, force, log) if attacks else {}
+    if config.compute_eps:
+        _compute(store, run, split, config, force, log)
     _umap(store, clean, attacks, config, force, log)
     return detection
+
+
+def _compute(store, run, split, config, force, log) -> dict:
+    """The compute attack: counted MACs before and after, per eps (the "compute" entry)."""
+    params = {"split": config.split, "limit": config.limit, "eps": list(config.compute_eps),
+              "n": config.compute_limit, "seed": config.seed}
+    if force or not store.has("compute", params):
+        x, y = _images(split, config.batch_size)
+        if config.compute_limit:
+            x, y = x[:config.compute_limit], y[:config.compute_limit]
+        log(f"compute attack (counted MACs) on {len(x)} images, eps {', '.join(eps_label(e) for e in config.compute_eps)}")
+        report = compute_attack_report(run.model, x, y, input_shape=tuple(run.meta.input_shape),
+                                       eps_values=list(config.compute_eps), batch_size=config.batch_size, log=log)
+        store.save("compute", params, data=report)
+    return store.data("compute")
 
 
 def _split(run: Run, config: AnalyzeConfig) -> DatasetSplit:
@@ -157,126 +180,47 @@ def _tensor_split(split: DatasetSplit, x: torch.Tensor, y: torch.Tensor) -> Data
 
 def _detection(store, run, split, clean, attacks, config, force, log) -> dict:
     params = {k: v for k, v in asdict(config).items() if not k.startswith("umap_")}  # the map is not detection
-    params.update(attacks={n: store.params(f"attack-{n}") for n in config.attacks}, format=2)  # 2: ROC thresholds
+    params.update(attacks={n: store.params(f"attack-{n}") for n in config.attacks}, format=3)  # 3: the full audit
     if not force and store.has("detection", params):
         return store.data("detection")
     x, _ = _images(split, config.batch_size)
-    ref = subset(load_run_dataset(run.meta, "train"), config.reference, seed=config.seed)
-    ref_x, ref_y = _images(ref, config.batch_size)
-    sides = SourceSplit.of(len(x), seed=config.seed)
-    features = decision_features_of(clean["log_probs"])
-    results: dict = {"attacks": {}, "transfer": {}, "layers": {}, "adaptive": None,
-                     "split": {"train": len(sides.train), "test": len(sides.test)}}
-    trained: dict[str, object] = {}
-    for name, adv in attacks.items():
-        rows = adv["rows"]
-        ok = rows["success"].to_numpy().astype(bool)
-        src = rows["source"].to_numpy()[ok]
-        tr, te = sides.sides(src)
-        summary = {"attacked": int(len(rows)), "success_rate": float(ok.mean()) if len(rows) else 0.0,
-                   "mean_l2": float(rows["l2"][ok].mean()) if ok.any() else float("nan"),
-                   "mean_linf": float(rows["linf"][ok].mean()) if ok.any() else float("nan"),
-                   "params": store.data(f"attack-{name}")["params"], "detectors": {}}
-        results["attacks"][name] = summary
-        if tr.sum() < 5 or te.sum() < 5:
-            log(f"attack {name}: too few successful adversarials to train and test detectors")
-            continue
-        x_adv = torch.from_numpy(adv["x_adv"][ok])
-        xc_tr, xc_te = x[torch.from_numpy(src[tr])], x[torch.from_numpy(src[te])]
-        for det_name in config.detectors:
-            log(f"detector {det_name} on {name}")
-            det = create_detector(det_name, run.model, ref_x, ref_y).fit(xc_tr, x_adv[torch.from_numpy(tr)])
-            scores, labels = labelled(det.score(xc_te), det.score(x_adv[torch.from_numpy(te)]))
-            summary["detectors"][det_name] = detection_metrics(labels, scores, n_boot=config.n_boot, seed=config.seed)
-            if det_name == "decision-logreg":
-                trained[name] = det
-        adv_features = decision_features_of(adv["log_probs"][ok])
-        results["layers"][name] = _per_layer_auc(features, adv_features, src, sides, clean["log_probs"].shape[1])
-    results["transfer"] = _transfer(trained, attacks, x, sides, config)
-    if config.adaptive and "pgd" in trained:
-        results["adaptive"] = _adaptive(run, x, clean, attacks["pgd"], sides, config, log)
+    train = load_run_dataset(run.meta, "train")
+    ref_x, ref_y = _images(subset(train, config.reference, seed=config.seed), config.batch_size)
+    lee = {"reference_loader": torch.utils.data.DataLoader(train.dataset, batch_size=config.batch_size)}
+    specs = detector_specs(config.detectors, simplified=config.simplified)
+    detectors = {label: create_detector(name, run.model, ref_x, ref_y, **(lee if name == "mahalanobis-lee" else {}),
+                                        **options) for label, (name, options) in _logged(specs, log)}
+    inputs = AuditInputs(x=x, clean_rows=clean["rows"], clean_log_probs=clean["log_probs"],
+                         attacks={n: attacks[n] for n in config.attacks},
+                         attack_params={n: store.data(f"attack-{n}")["params"] for n in config.attacks})
+    results = audit(run.model, inputs, detectors, seed=config.seed, n_boot=config.n_boot,
+                    adaptive_on="pgd" if config.adaptive else None, adaptive_limit=config.adaptive_limit, log=log)
+    results["reference"] = {"images": int(len(ref_x)), "lee": int(len(train))}
     store.save("detection", params, data=results)
     return results
 
 
+def _logged(specs: dict, log):
+    for label, spec in specs.items():
+        log(f"detector {label}: reference statistics")
+        yield label, spec
+
+
+# the simplified variants shown beside the papers' recipes: the constants used before validation
+SIMPLIFIED = {"kd-bu:fixed": ("kd-bu", {"bandwidth": 1.2}), "lid:fixed": ("lid", {"k": 20, "ref_batch": 100})}
+
+
+def detector_specs(names: tuple[str, ...], *, simplified: bool) -> dict[str, tuple[str, dict]]:
+    """Row label -> (registered detector, options): the named detectors, plus the simplified
+    variants (fixed KD bandwidth and LID k and minibatch; ``mahalanobis`` is its own name)."""
+    specs = {n: (n, {}) for n in names}
+    if simplified:
+        specs.update({label: spec for label, spec in SIMPLIFIED.items() if spec[0] in names})
+    return specs
+
+
 def decision_features_of(log_probs: np.ndarray) -> np.ndarray:
     return log_probs.reshape(len(log_probs), -1)
-
-
-def _per_layer_auc(clean_f, adv_f, src, sides, n_layers) -> list[float]:
-    """ROC-AUC of a logistic regression on one gated layer's log-probabilities at a time."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    k = clean_f.shape[1] // n_layers
-    tr, te = sides.sides(src)
-    aucs = []
-    for l in range(n_layers):
-        cols = slice(l * k, (l + 1) * k)
-        x_tr, y_tr = labelled(clean_f[src[tr], cols], adv_f[tr, cols])
-        x_te, y_te = labelled(clean_f[src[te], cols], adv_f[te, cols])
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_tr, y_tr)
-        aucs.append(float(roc_auc_score(y_te, clf.predict_proba(x_te)[:, 1])))
-    return aucs
-
-
-def _transfer(trained: dict, attacks: dict, x: torch.Tensor, sides: SourceSplit, config) -> dict:
-    """ROC-AUC of the decision-feature detector trained on one attack, tested on each other."""
-    from sklearn.metrics import roc_auc_score
-
-    matrix: dict = {}
-    for train_name, det in trained.items():
-        matrix[train_name] = {}
-        for test_name, adv in attacks.items():
-            rows = adv["rows"]
-            ok = rows["success"].to_numpy().astype(bool)
-            src = rows["source"].to_numpy()[ok]
-            _, te = sides.sides(src)
-            if te.sum() < 5:
-                continue
-            scores, labels = labelled(det.score(x[torch.from_numpy(src[te])]),
-                                      det.score(torch.from_numpy(adv["x_adv"][ok][te])))
-            matrix[train_name][test_name] = float(roc_auc_score(labels, scores))
-    return matrix
-
-
-def _adaptive(run, x, clean, pgd, sides, config, log) -> dict:
-    """PGD that also lowers the decision-feature detector's logit (through relaxed decisions)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.preprocessing import StandardScaler
-
-    rows = pgd["rows"]
-    ok = rows["success"].to_numpy().astype(bool)
-    src = rows["source"].to_numpy()[ok]
-    tr, _ = sides.sides(src)
-    f_clean = decision_features_of(clean["log_probs"])
-    x_tr, y_tr = labelled(f_clean[src[tr]], decision_features_of(pgd["log_probs"][ok][tr]))
-    scaler = StandardScaler().fit(x_tr)
-    lr = LogisticRegression(max_iter=2000).fit(scaler.transform(x_tr), y_tr)
-    detector = torch_logistic(scaler, lr)
-    labels_all = clean["rows"]["label"].to_numpy()
-    correct = np.flatnonzero(labels_all == clean["rows"]["pred"].to_numpy())
-    targets = correct[np.isin(correct, sides.test)]  # attack the held-out side only
-    params = {**default_params("pgd", dataset_kind(run)), **config.attack_params.get("pgd", {})}
-    log(f"adaptive PGD against the decision-feature detector on {len(targets)} inputs")
-    torch.manual_seed(config.seed)
-    x_adv, success = adaptive_pgd(run.model, detector, x[targets], torch.from_numpy(labels_all[targets]),
-                                  eps=params["eps"], step=params["step_size"], steps=params["steps"],
-                                  weight=config.adaptive_weight, batch_size=config.batch_size)
-    with torch.no_grad():
-        adv_logit = torch.cat([detector(run.model.decide(x_adv[i:i + 250])[1]) for i in range(0, len(x_adv), 250)])
-        clean_logit = torch.cat([detector(run.model.decide(x[targets][i:i + 250])[1]) for i in range(0, len(targets), 250)])
-    s = success.numpy().astype(bool)
-    result = {"attacked": int(len(targets)), "success_rate": float(s.mean()), "weight": config.adaptive_weight,
-              "params": params}
-    if s.sum() >= 5:
-        scores, labels = labelled(clean_logit.numpy(), adv_logit.numpy()[s])
-        result["auc"] = float(roc_auc_score(labels, scores))
-        result["evaded_at_5fpr"] = float((adv_logit.numpy()[s] < np.quantile(clean_logit.numpy(), 0.95)).mean())
-    return result
 
 
 def _umap(store, clean, attacks, config, force, log) -> dict:

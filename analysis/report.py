@@ -69,31 +69,48 @@ def report_for_path(path: str, baseline: str | None = None, dataset: str | None 
 
 
 def format_detection(results: dict) -> str:
-    """The detection table of ``gatescope analyze``: per attack, its success and size, and per
-    detector ROC-AUC, TPR at 5% FPR and accuracy with bootstrap 95% intervals."""
-    lines = [f"detection (train/test split of source images: {results['split']['train']}/{results['split']['test']})"]
+    """The detection audit of ``gatescope analyze`` as text: per attack its success, and per
+    detector the oblivious ROC-AUC [95% CI] and TPR at 5% FPR, the adaptive figures, the
+    validation AUC; then the transfer matrices, per-layer AUCs and the compute attack."""
+    from .adversarial.audit import audit_table
+
+    lines = [f"detection (train/test split of source images: {results['split']['train']}/{results['split']['test']}; "
+             f"figures on the test side; * = best decision-feature variant by validation AUC)"]
+    table = audit_table(results)
     for attack, s in results["attacks"].items():
-        lines.append(f"\n{attack}: success {s['success_rate']:.1%} of {s['attacked']} attacked; mean L2 "
-                     f"{s['mean_l2']:.3f}, mean Linf {s['mean_linf']:.3f}; params {s['params']}")
-        lines.append(f"  {'detector':16s} {'ROC-AUC [95% CI]':>24s} {'TPR@5%FPR [95% CI]':>24s} {'accuracy':>9s}")
-        for name, m in s["detectors"].items():
-            lines.append(f"  {name:16s} {m['auc']:7.3f} [{m['auc_ci'][0]:.3f}, {m['auc_ci'][1]:.3f}]    "
-                         f"{m['tpr_at_5fpr']:7.3f} [{m['tpr_at_5fpr_ci'][0]:.3f}, {m['tpr_at_5fpr_ci'][1]:.3f}]    "
-                         f"{m['accuracy']:6.3f}")
-    if results.get("transfer"):
+        lines.append(f"\n{attack} ({s.get('kind', '')}): success {s['success_rate']:.1%} of {s['attacked']} attacked; "
+                     f"mean L2 {s['mean_l2']:.3f}, mean Linf {s['mean_linf']:.3f}, median margin "
+                     f"{s.get('median_margin', 0):.2f}; params {s['params']}")
+        lines.append(f"  {'detector':24s} {'ROC-AUC [95% CI]':>24s} {'TPR@5%':>7s} {'val AUC':>8s} {'adaptive AUC':>13s} "
+                     f"{'evaded':>7s}  test clean/adv")
+        for _, r in table[table["attack"] == attack].iterrows():
+            val = "" if r["validation AUC"] is None else f"{r['validation AUC']:.3f}"
+            ada = "" if r["adaptive ROC-AUC"] is None or r["adaptive ROC-AUC"] != r["adaptive ROC-AUC"] else f"{r['adaptive ROC-AUC']:.3f}"
+            ev = "" if r["adaptive evaded@5%FPR"] is None or r["adaptive evaded@5%FPR"] != r["adaptive evaded@5%FPR"] else f"{r['adaptive evaded@5%FPR']:.1%}"
+            star = "*" if r["best decision variant"] else " "
+            lines.append(f" {star}{r['detector']:24s} {r['ROC-AUC']:7.3f} {r['AUC 95% CI']:>16s} {r['TPR@5%FPR']:7.3f} "
+                         f"{val:>8s} {ada:>13s} {ev:>7s}  {r['test clean / adversarial']}")
+    for det, matrix in results.get("transfer", {}).items():
         names = list(results["attacks"])
-        lines.append("\ntransfer (decision-logreg ROC-AUC; rows: trained on, columns: tested on)")
-        lines.append("  " + " " * 10 + "".join(f"{n:>10s}" for n in names))
-        for train, row in results["transfer"].items():
-            lines.append(f"  {train:10s}" + "".join(f"{row.get(n, float('nan')):10.3f}" for n in names))
+        lines.append(f"\ntransfer, {det} (ROC-AUC; rows: trained on, columns: tested on)")
+        lines.append("  " + " " * 11 + "".join(f"{n[:10]:>11s}" for n in names))
+        for train, row in matrix.items():
+            lines.append(f"  {train[:10]:11s}" + "".join(f"{row[n]:11.3f}" if n in row else " " * 11 for n in names))
     if results.get("layers"):
         lines.append("\nper-layer ROC-AUC of the decision features (gate 0 first)")
         for attack, aucs in results["layers"].items():
             lines.append(f"  {attack:10s} " + " ".join(f"{a:.3f}" for a in aucs))
-    a = results.get("adaptive")
-    if a:
-        extra = (f"; detector ROC-AUC {a['auc']:.3f}, evades at 5% FPR {a['evaded_at_5fpr']:.1%}" if "auc" in a
-                 else "; too few successes to score the detector")
-        lines.append(f"\nadaptive PGD (detector logit weight {a['weight']}): success {a['success_rate']:.1%} of "
-                     f"{a['attacked']}{extra}")
+    return "\n".join(lines)
+
+
+def format_compute(report: dict) -> str:
+    """The compute attack's table: counted MACs ratio before and after, per eps."""
+    lines = [f"compute attack (maximise counted MACs; {next(iter(report['results'].values()))['n']} inputs; "
+             f"ratios to the ungated network's {report['ungated_macs']:,} MACs)",
+             f"  {'eps':>7s} {'mean before':>12s} {'mean after':>11s} {'max before':>11s} {'max after':>10s} "
+             f"{'>0.75 before':>13s} {'>0.75 after':>12s} {'pred. changed':>14s}"]
+    for label, r in report["results"].items():
+        b, a = r["before"], r["after"]
+        lines.append(f"  {label:>7s} {b['mean_ratio']:12.3f} {a['mean_ratio']:11.3f} {b['max_ratio']:11.3f} "
+                     f"{a['max_ratio']:10.3f} {b['share_high']:13.1%} {a['share_high']:12.1%} {r['prediction_changed']:14.1%}")
     return "\n".join(lines)

@@ -81,12 +81,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path)
     p.add_argument("--limit", type=int, default=0, help="analyse only the first N images of the split (default: all)")
     p.add_argument("--split", default="test", choices=["test", "train", "all"], help="all: train then test (default: test)")
-    p.add_argument("--attacks", nargs="+", default=None, help="(default: fgsm pgd deepfool cw_l2; none: features and map only)")
+    p.add_argument("--attacks", nargs="+", default=None,
+                   help="(default: fgsm pgd deepfool cw_l2 cw_l2_k10 cw_l2_k20 pgd_margin; none: features and map only)")
     p.add_argument("--attack-param", action="append", default=[], metavar="ATTACK.NAME=VALUE",
                    help="override an attack default, e.g. pgd.eps=0.1 (repeatable)")
     p.add_argument("--detectors", nargs="+", default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-adaptive", action="store_true", help="skip the adaptive attack")
+    p.add_argument("--reference", type=int, default=1000,
+                   help="clean training images for the detectors' statistics (Lee's Mahalanobis: all; default 1000)")
+    p.add_argument("--no-adaptive", action="store_true", help="skip the adaptive attacks")
+    p.add_argument("--adaptive-limit", type=int, default=1000, help="test-side inputs attacked adaptively per detector")
+    p.add_argument("--no-simplified", action="store_true", help="only the papers' baselines, not the simplified variants")
+    p.add_argument("--compute-eps", nargs="*", type=float, default=None, metavar="EPS255",
+                   help="budgets of the compute (MACs) attack in 1/255 units (default: 2 4 8; none given: skip)")
+    p.add_argument("--compute-limit", type=int, default=0, help="images given to the compute attack (default: all)")
     p.add_argument("--force", action="store_true", help="recompute everything")
     p.set_defaults(func=_analyze)
 
@@ -261,6 +269,9 @@ def _analyze(args: argparse.Namespace) -> int:
     config = AnalyzeConfig(
         split=args.split, limit=args.limit, attacks=() if args.attacks == ["none"] else tuple(args.attacks or defaults.attacks), attack_params=overrides,
         detectors=tuple(args.detectors or defaults.detectors), seed=args.seed, adaptive=not args.no_adaptive,
+        reference=args.reference, adaptive_limit=args.adaptive_limit, simplified=not args.no_simplified,
+        compute_eps=defaults.compute_eps if args.compute_eps is None else tuple(e / 255 for e in args.compute_eps),
+        compute_limit=args.compute_limit,
     )
     t0 = time.perf_counter()
     with _torchrun() as main:

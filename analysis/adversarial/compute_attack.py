@@ -1,7 +1,8 @@
 """Compute as an attack surface: inputs perturbed to make a dynamic network expensive.
 
 A gated network's counted MACs depend on its input, so an attacker can raise them, as ILFO
-(Haque et al. 2020) and DeepSloth (Hong et al. 2021) do for early-exit networks. The ``compute``
+(Haque et al. 2020, layer-skipping networks) and DeepSloth (Hong et al. 2021, early-exit
+networks) do. The ``compute``
 attack is L-inf PGD on a differentiable surrogate of the counted MACs (see
 :func:`expected_active_channels`); :func:`compute_attack_report` runs it at several budgets and
 reports the exact counted MACs before and after, as JSON.
@@ -34,7 +35,7 @@ class ComputeConfig(_Config):
     positive: ClassVar[tuple[str, ...]] = ("step_size", "tau")
 
     eps: float = 8 / 255  # L-inf budget in pixels
-    step_size: float = 1 / 255  # L-inf length of one signed-gradient step
+    step_size: float = 1 / 255  # L-inf length of one signed-gradient step (the report uses eps / 4)
     steps: int = 20  # gradient steps (each followed by a projection onto the ball and [0, 1])
     tau: float = 1.0  # temperature of the action distributions softmax(logits / tau)
 
@@ -68,7 +69,8 @@ class ComputeAttack(Attack):
     surrogate uses the product of their expectations, not the expectation of the product.
     It only steers the search: every iterate is scored by the exact counted MACs of its argmax
     decisions, and each input gets the iterate that scored highest (x itself unless one beat
-    it), so on a deterministic (eval-mode) model the counted MACs never go down.
+    it), so on a deterministic (eval-mode) model the counted MACs never go down. In train mode
+    the decisions are Gumbel samples and so are these scores.
 
     The goal is cost, not misclassification: y is used only for ``AttackResult.success``,
     which (as for every attack) says that the prediction on x_adv differs from y. Pass the
@@ -113,7 +115,8 @@ def compute_attack_report(
 
     All MACs are exact counts of the argmax decisions with the model in eval mode (restored
     afterwards), as ratios over the ungated network's MACs. ``step_size`` defaults to eps / 4
-    (1/255 at eps = 0). Returns plain JSON (no NaN)::
+    (1/255 at eps = 0); ``batch_size`` images are attacked and counted at a time; ``log``, if
+    given, gets one line per budget. Returns plain JSON (no NaN)::
 
         {"ungated_macs": int, "high_cost": 0.75,
          "bin_edges": [41 floats over [0, 1]],
@@ -124,7 +127,7 @@ def compute_attack_report(
              "after": {same keys},
              "share_increased": float,    # inputs whose counted MACs went up
              "prediction_changed": float,  # inputs whose prediction differs from the clean one
-             "mean_linf": float}, ...}}
+             "mean_linf": float}, ...}}  # over all N, 0 for inputs the attack left as they were
 
     ``share_high`` is the share of inputs above ``high_cost`` of the ungated MACs; ratios above
     1 (every channel on, plus the decision units) are counted in the last bin of ``hist``.
@@ -134,7 +137,10 @@ def compute_attack_report(
     if tuple(x.shape[1:]) != tuple(input_shape):
         raise ValueError(f"x has images of shape {tuple(x.shape[1:])}; input_shape is {tuple(input_shape)}")
     if len(x) == 0 or y.shape != (len(x),):
-        raise ValueError(f"need N >= 1 images and N labels; got x of shape {tuple(x.shape)}, y of shape {tuple(y.shape)}")
+        raise ValueError(f"need N >= 1 images and N labels; got x of shape {tuple(x.shape)}, "
+                         f"y of shape {tuple(y.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not gated_convs(model):
         raise ValueError("compute_attack_report needs a gated network; this one has no gated layers")
     labels = [eps_label(eps) for eps in eps_values]
@@ -155,7 +161,7 @@ def compute_attack_report(
             attack = ComputeAttack(model, eps=eps, steps=steps, tau=tau, step_size=step)
             # the clean predictions as labels: AttackResult.success is then "prediction changed"
             x_adv = torch.cat([attack(xb.to(device), pb.to(device)).x_adv.to(x.device)
-                               for xb, pb in _batches(x, clean_pred, batch_size)])
+                               for xb, pb in zip(x.split(batch_size), clean_pred.split(batch_size))])
             macs, pred = _count(model, costs, x_adv, batch_size)
             after = _summary(macs / costs.ungated_macs, pred, y)
             results[label] = {
@@ -164,8 +170,8 @@ def compute_attack_report(
                 "prediction_changed": float((pred != clean_pred).float().mean()),
                 "mean_linf": float((x_adv - x).flatten(1).abs().amax(dim=1).mean()),
             }
-            say(f"compute attack eps {label}: mean MACs ratio {before['mean_ratio']:.3f} -> "
-                f"{after['mean_ratio']:.3f}, above {HIGH_COST}: {before['share_high']:.1%} -> {after['share_high']:.1%}")
+            say(f"compute attack eps {label}: mean MACs ratio {before['mean_ratio']:.3f} -> {after['mean_ratio']:.3f}, "
+                f"above {HIGH_COST}: {before['share_high']:.1%} -> {after['share_high']:.1%}")
     finally:
         model.train(was_training)
     return {"ungated_macs": costs.ungated_macs, "high_cost": HIGH_COST,
@@ -181,17 +187,12 @@ def eps_label(eps: float) -> str:
     return f"{k}/255" if k else "0"
 
 
-def _batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
-    for i in range(0, len(x), batch_size):
-        yield x[i:i + batch_size], y[i:i + batch_size]
-
-
 @torch.no_grad()
 def _count(model: Network, costs: CostModel, x: torch.Tensor, batch_size: int) -> tuple[np.ndarray, torch.Tensor]:
     """Counted MACs (N,) of the argmax decisions and the predictions (N,) on ``x``."""
     device = model.mean.device
     macs, preds = [], []
-    for xb, _ in _batches(x, x, batch_size):
+    for xb in x.split(batch_size):
         logits, decisions = model.decide(xb.to(device))
         macs.append(costs.dynamic_macs(active_channels(decisions)).cpu().numpy())
         preds.append(logits.argmax(dim=1).cpu())
@@ -201,5 +202,5 @@ def _count(model: Network, costs: CostModel, x: torch.Tensor, batch_size: int) -
 def _summary(ratio: np.ndarray, pred: torch.Tensor, y: torch.Tensor) -> dict:
     hist, _ = np.histogram(np.clip(ratio, 0.0, 1.0), bins=HIST_BINS, range=(0.0, 1.0))
     return {"mean_ratio": float(ratio.mean()), "max_ratio": float(ratio.max()),
-            "share_high": float((ratio > HIGH_COST).mean()), "accuracy": float((pred == y.cpu()).float().mean()),
-            "hist": hist.tolist()}
+            "share_high": float((ratio > HIGH_COST).mean()),
+            "accuracy": float((pred == y.cpu()).float().mean()), "hist": hist.tolist()}

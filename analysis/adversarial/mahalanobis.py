@@ -12,6 +12,8 @@ block after its own input pre-processing, and the noise magnitude chosen on vali
 from __future__ import annotations
 
 import math
+import numbers
+from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -22,7 +24,7 @@ from analysis.adversarial.detector_base import (
     BATCH_SIZE, Detector, DetectorError, _batches, _check_images, _evaluating, activations, register_detector,
     validation_auc,
 )
-from models import Network
+from models import Network, gated_convs
 
 MAGNITUDES = (0.0, 0.0005, 0.001, 0.0014, 0.002, 0.005, 0.01)  # Lee et al.'s noise magnitudes (pixel units)
 
@@ -48,7 +50,13 @@ class MahalanobisLee(Detector):
     ``x_hat`` is clamped to valid images (theirs is not).
 
     ``torch_features`` treats the step as a constant (BPDA: ``d x_hat / d x`` is the identity), so
-    an adaptive attack differentiates ``M_l`` at ``x_hat``.
+    an adaptive attack differentiates ``M_l`` at ``x_hat``. The step is always the deployed
+    detector's (eval mode, argmax decisions), so inside ``models.relaxed_decisions`` the value of
+    ``torch_logit`` is still the logit of ``score``.
+
+    Cost per image: ``features`` one forward pass and, per block, one backward and one forward
+    pass (one forward pass in all when eps is 0); ``select`` shares the forward and backward
+    passes among ``MAGNITUDES`` and adds one forward pass per block and non-zero magnitude.
     """
 
     family = "baseline"
@@ -57,7 +65,7 @@ class MahalanobisLee(Detector):
                  reference_loader: Iterable[tuple[Tensor, Tensor]] | None = None,
                  magnitude: float | None = None, batch_size: int = BATCH_SIZE):
         super().__init__(model, ref_x, ref_y, batch_size=batch_size)
-        if magnitude is not None and not (isinstance(magnitude, (int, float)) and math.isfinite(magnitude)
+        if magnitude is not None and not (isinstance(magnitude, numbers.Real) and math.isfinite(magnitude)
                                           and magnitude >= 0):
             raise DetectorError(f"magnitude must be a finite number >= 0 (pixel units) or None to choose it "
                                 f"on validation, got {magnitude!r}")
@@ -105,9 +113,10 @@ class MahalanobisLee(Detector):
         return ((diff @ self.precisions[name]) * diff).sum(-1)
 
     def _signs(self, x: Tensor) -> list[Tensor]:
-        """Per block, sign(grad_x D_l) (B, C, H, W) for the batch ``x``: a constant, whatever the
-        caller's gradient mode; the model's parameter gradients are not touched."""
-        with torch.enable_grad():
+        """Per block, sign(grad_x D_l) (B, C, H, W) for the batch ``x``: a constant, and the step the
+        deployed detector takes whatever the caller's modes (gradients off, relaxed decisions on,
+        as in an adaptive attack); the model's parameter gradients are not touched."""
+        with torch.enable_grad(), _evaluating(self.model), _argmax_decisions(self.model):
             x0 = x.detach().requires_grad_(True)
             pooled = self._pooled(x0)
             # each image's loss depends on that image only (eval mode), so one sum gives every row's gradient
@@ -128,6 +137,8 @@ class MahalanobisLee(Detector):
         return torch.stack(cols, 1)
 
     def torch_features(self, x: Tensor) -> Tensor:
+        """(B, F) float64 per-block confidences of one batch at the chosen magnitude, differentiable
+        w.r.t. ``x`` (the pre-processing step a constant)."""
         eps = self._magnitude()
         return self._scores(x, self._signs(x) if eps > 0 else None, eps)
 
@@ -196,6 +207,21 @@ class _ClassMoments:
         means = self.sums / self.count[:, None]  # about the shift
         cov = (self.outer - (self.count[:, None] * means).T @ means) / self.count.sum()
         return means + self.shift, torch.linalg.pinv(cov, hermitian=True)
+
+
+@contextmanager
+def _argmax_decisions(model: Network) -> Iterator[None]:
+    """Within the block, gated layers take their argmax decisions with zero gradient, as deployed,
+    even inside ``models.relaxed_decisions``; their old setting after it."""
+    layers = gated_convs(model)
+    saved = [g.relaxed for g in layers]
+    for g in layers:
+        g.relaxed = False
+    try:
+        yield
+    finally:
+        for g, relaxed in zip(layers, saved):
+            g.relaxed = relaxed
 
 
 def _pairs(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:

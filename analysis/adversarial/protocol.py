@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 FPR_LEVEL = 0.05  # TPR is reported at this false-positive rate
+CURVE_POINTS = 200  # operating points kept of each stored ROC curve (thinned evenly, ends kept)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,9 @@ def detection_metrics(labels: np.ndarray, scores: np.ndarray, *, n_boot: int = 1
         if labels[idx].min() != labels[idx].max():  # a resample needs both classes
             boots.append(point(idx))
     lo, hi = np.percentile(np.array(boots), [2.5, 97.5], axis=0)
-    fpr, tpr_curve, thresholds = roc_curve(labels, scores, drop_intermediate=False)  # every operating point
+    fpr, tpr_curve, thresholds = roc_curve(labels, scores)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), CURVE_POINTS)).round().astype(int))
+    fpr, tpr_curve, thresholds = fpr[keep], tpr_curve[keep], thresholds[keep]
     return {
         "auc": float(auc), "auc_ci": [float(lo[0]), float(hi[0])],
         "tpr_at_5fpr": float(tpr), "tpr_at_5fpr_ci": [float(lo[1]), float(hi[1])],

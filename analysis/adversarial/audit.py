@@ -1,0 +1,212 @@
+"""The detection audit that ``gatescope analyze`` stores: every detector on every attack, oblivious
+and adaptive, the known / unknown / transfer matrix, and which gated layers carry the signal.
+
+Protocol (``protocol.SourceSplit``): only successful attacks count; the clean and attacked
+versions of a source image are always on the same side of a fixed train/test split of source
+images. Detectors are fitted on the training side, choose their hyperparameters on a validation
+part of it (``detector_base.VALIDATION``), and are scored on the test side only. The "best
+decision-feature variant" of an attack is the one with the best *validation* AUC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from models import Network
+
+from .adaptive import adaptive_pgd
+from .attacks import margin_of
+from .detector_base import Detector, create_detector
+from .protocol import SourceSplit, detection_metrics, labelled
+
+# how an attack relates to the decision boundary (the audit shows minimal and confident ones apart)
+ATTACK_KINDS = {"fgsm": "fixed budget", "bim": "fixed budget", "pgd": "fixed budget", "deepfool": "minimal",
+                "cw_l2": "minimal", "cw_l2_k10": "confident", "cw_l2_k20": "confident", "pgd_margin": "confident"}
+DECISION_FAMILY = "decision features"
+
+
+@dataclass(frozen=True)
+class AuditInputs:
+    """What the audit reads: the analysed split's images and the stored attacks."""
+
+    x: torch.Tensor  # (N, C, H, W) every image of the analysed split, pixel space
+    clean_rows: "object"  # the clean entry's table (label, pred, ...), one row per image of x
+    clean_log_probs: np.ndarray  # (N, L, K) action log-probabilities of x
+    attacks: dict  # name -> {"rows": source/label/success/l2/linf table, "x_adv": (n, C, H, W), "log_probs": (n, L, K)}
+    attack_params: dict  # name -> the parameters the attack ran with
+
+
+def audit(model: Network, data: AuditInputs, detectors: dict[str, Detector], *, seed: int = 0, n_boot: int = 1000,
+          adaptive_on: str | None = "pgd", adaptive_limit: int = 1000, log: Callable[[str], None] = print) -> dict:
+    """Fit every detector (built once, ``Detector.fresh`` per attack) on every attack and score it;
+    returns the JSON-ready results (see the module docstring for the protocol)."""
+    sides = SourceSplit.of(len(data.x), seed=seed)
+    results: dict = {"format": 3, "split": {"train": int(len(sides.train)), "test": int(len(sides.test))},
+                     "n_images": int(len(data.x)), "attacks": {}, "best_decision": {}, "transfer": {},
+                     "layers": {}, "adaptive": {}}
+    trained: dict[tuple[str, str], Detector] = {}
+    test_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, adv in data.attacks.items():
+        rows = adv["rows"]
+        ok = rows["success"].to_numpy().astype(bool)
+        src = rows["source"].to_numpy()[ok]
+        tr, te = sides.sides(src)
+        x_adv = torch.from_numpy(np.ascontiguousarray(adv["x_adv"][ok]))
+        summary = _attack_summary(model, name, rows, ok, x_adv, data.attack_params[name])
+        results["attacks"][name] = summary
+        if tr.sum() < 10 or te.sum() < 5:
+            log(f"attack {name}: too few successful adversarials to train and test detectors")
+            continue
+        train_c, train_a = data.x[torch.from_numpy(src[tr])], x_adv[torch.from_numpy(tr)]
+        test_sets[name] = (data.x[torch.from_numpy(src[te])], x_adv[torch.from_numpy(te)])
+        for det_name, proto in detectors.items():
+            log(f"detector {det_name} on {name}")
+            det = proto.fresh().fit(train_c, train_a, seed=seed)
+            scores, labels = labelled(det.score(test_sets[name][0]), det.score(test_sets[name][1]))
+            summary["detectors"][det_name] = {
+                **detection_metrics(labels, scores, n_boot=n_boot, seed=seed), "family": proto.family,
+                "validation_auc": None if det.validation is None else det.validation["auc"], "params": det.params}
+            trained[(name, det_name)] = det
+        results["best_decision"][name] = _best_by_validation(summary["detectors"])
+        if data.clean_log_probs.ndim == 3 and data.clean_log_probs.shape[1]:
+            n_layers = data.clean_log_probs.shape[1]
+            results["layers"][name] = per_layer_auc(data.clean_log_probs.reshape(len(data.x), -1),
+                                                    adv["log_probs"][ok].reshape(int(ok.sum()), -1), src, sides, n_layers)
+    results["transfer"] = _transfer(trained, test_sets, log)
+    if adaptive_on in test_sets:
+        results["adaptive"] = _adaptive(model, data, sides, trained, adaptive_on, adaptive_limit, n_boot, seed, log)
+    return results
+
+
+def _attack_summary(model: Network, name: str, rows, ok: np.ndarray, x_adv: torch.Tensor, params: dict) -> dict:
+    margins = np.zeros(0)
+    if ok.any():
+        y = torch.from_numpy(rows["label"].to_numpy()[ok])
+        with torch.no_grad():
+            margins = torch.cat([margin_of(model(x_adv[i:i + 500]), y[i:i + 500]) for i in range(0, len(y), 500)]).numpy()
+    return {"attacked": int(len(rows)), "success_rate": float(ok.mean()) if len(rows) else 0.0,
+            "kind": ATTACK_KINDS.get(name, "other"),
+            "mean_l2": float(rows["l2"][ok].mean()) if ok.any() else 0.0,
+            "mean_linf": float(rows["linf"][ok].mean()) if ok.any() else 0.0,
+            "median_margin": float(np.median(margins)) if len(margins) else 0.0,  # best wrong minus true logit
+            "params": params, "detectors": {}}
+
+
+def _best_by_validation(detectors: dict[str, dict]) -> str | None:
+    """The decision-feature variant with the best validation AUC (never the test AUC)."""
+    candidates = {n: m["validation_auc"] for n, m in detectors.items()
+                  if m["family"] == DECISION_FAMILY and m["validation_auc"] is not None}
+    return max(candidates, key=candidates.get) if candidates else None
+
+
+def _transfer(trained: dict, test_sets: dict, log) -> dict:
+    """ROC-AUC of each detector trained on attack A (rows) and tested on attack B's test side
+    (columns); the diagonal is the known-attack figure, the FGSM row Lee et al.'s unknown-attack
+    setting."""
+    from sklearn.metrics import roc_auc_score
+
+    matrix: dict = {}
+    for (train_name, det_name), det in trained.items():
+        log(f"transfer: {det_name} trained on {train_name}")
+        row = matrix.setdefault(det_name, {}).setdefault(train_name, {})
+        for test_name, (clean, adv) in test_sets.items():
+            scores, labels = labelled(det.score(clean), det.score(adv))
+            row[test_name] = float(roc_auc_score(labels, scores))
+    return matrix
+
+
+def _adaptive(model, data: AuditInputs, sides, trained, attack: str, limit: int, n_boot: int, seed: int, log) -> dict:
+    """Per detector trained on ``attack``, PGD with that attack's eps budget against the classifier
+    and that detector together; a detector without a differentiable score is evaluated on the
+    inputs crafted against ``decision-logreg`` (a transfer attack, said so)."""
+    params = data.attack_params[attack]
+    rows = data.clean_rows
+    labels_all = rows["label"].to_numpy()
+    correct = np.flatnonzero(labels_all == rows["pred"].to_numpy())
+    targets = correct[np.isin(correct, sides.test)][:limit]  # the held-out side only
+    xt, yt = data.x[torch.from_numpy(targets)], torch.from_numpy(labels_all[targets])
+    crafted: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    out: dict = {}
+    names = [n for (a, n) in trained if a == attack]
+    differentiable = {n: trained[(attack, n)].differentiable for n in names}
+    for name in sorted(names, key=lambda n: not differentiable[n]):  # crafted ones first, transfers after
+        det = trained[(attack, name)]
+        source = name if differentiable[name] else "decision-logreg"
+        if source not in crafted:
+            if source not in names:
+                continue
+            log(f"adaptive PGD against {source} on {len(targets)} test-side inputs")
+            torch.manual_seed(seed)
+            crafted[source] = adaptive_pgd(model, trained[(attack, source)].torch_logit, xt, yt, eps=params["eps"],
+                                           step=params["step_size"], steps=params["steps"])
+        x_adv, success = crafted[source]
+        s = success.numpy().astype(bool)
+        entry = {"attack": attack, "attacked": int(len(targets)), "success_rate": float(s.mean()),
+                 "crafted_against": source, "params": {**params, "loss": "CE until misclassified, then -detector logit"}}
+        if s.sum() >= 5:
+            clean_scores, adv_scores = det.score(xt), det.score(x_adv[torch.from_numpy(s)])
+            scores, labels = labelled(clean_scores, adv_scores)
+            m = detection_metrics(labels, scores, n_boot=n_boot, seed=seed)
+            entry.update(auc=m["auc"], auc_ci=m["auc_ci"], tpr_at_5fpr=m["tpr_at_5fpr"], n_clean=m["n_clean"],
+                         n_adversarial=m["n_adversarial"],
+                         evaded_at_5fpr=float((adv_scores < np.quantile(clean_scores, 0.95)).mean()))
+        out[name] = entry
+    return out
+
+
+def per_layer_auc(clean_f: np.ndarray, adv_f: np.ndarray, src: np.ndarray, sides: SourceSplit, n_layers: int) -> list[float]:
+    """ROC-AUC of a logistic regression on one gated layer's log-probabilities at a time."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    k = clean_f.shape[1] // n_layers
+    tr, te = sides.sides(src)
+    aucs = []
+    for l in range(n_layers):
+        cols = slice(l * k, (l + 1) * k)
+        x_tr, y_tr = labelled(clean_f[src[tr], cols], adv_f[tr, cols])
+        x_te, y_te = labelled(clean_f[src[te], cols], adv_f[te, cols])
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_tr, y_tr)
+        aucs.append(float(roc_auc_score(y_te, clf.predict_proba(x_te)[:, 1])))
+    return aucs
+
+
+def build_detectors(names: tuple[str, ...], model: Network, ref_x: torch.Tensor, ref_y: torch.Tensor, *,
+                    seed: int = 0, options: dict[str, dict] | None = None,
+                    log: Callable[[str], None] = print) -> dict[str, Detector]:
+    """Each named detector built once on the reference set (``options``: per-detector keywords)."""
+    options = options or {}
+    built = {}
+    for name in names:
+        log(f"detector {name}: reference statistics")
+        built[name] = create_detector(name, model, ref_x, ref_y, **options.get(name, {}))
+    return built
+
+
+def audit_table(results: dict) -> "pd.DataFrame":
+    """One row per attack x detector: oblivious ROC-AUC with its 95% interval and TPR at 5% FPR
+    (test side), the adaptive figures where the detector was attacked adaptively, the validation
+    AUC that chose the best decision variant, and the test-side sample counts."""
+    import pandas as pd
+
+    rows = []
+    for attack, s in results["attacks"].items():
+        best = results.get("best_decision", {}).get(attack)
+        for det, m in s["detectors"].items():
+            a = results.get("adaptive", {}).get(det, {}) if attack == next(iter(results.get("adaptive", {}).values()), {}).get("attack") else {}
+            rows.append({
+                "attack": attack, "kind": s.get("kind", ""), "success": s["success_rate"], "detector": det,
+                "family": m.get("family", ""), "best decision variant": det == best,
+                "ROC-AUC": m["auc"], "AUC 95% CI": f"[{m['auc_ci'][0]:.3f}, {m['auc_ci'][1]:.3f}]",
+                "TPR@5%FPR": m["tpr_at_5fpr"], "validation AUC": m.get("validation_auc"),
+                "adaptive ROC-AUC": a.get("auc"), "adaptive evaded@5%FPR": a.get("evaded_at_5fpr"),
+                "adaptive success": a.get("success_rate"),
+                "test clean / adversarial": f"{m['n_clean']} / {m['n_adversarial']}",
+            })
+    return pd.DataFrame(rows)
