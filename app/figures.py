@@ -82,27 +82,6 @@ def accuracy_vs_macs(curve: pd.DataFrame, current: tuple[float, float] | None, *
     return fig
 
 
-def roc_curves(detectors: dict[str, dict]) -> go.Figure:
-    """ROC curve of every detector (from stored ``fpr``/``tpr`` lists), AUC in the legend."""
-    fig = go.Figure()
-    for name, m in detectors.items():
-        fig.add_trace(go.Scatter(x=m["fpr"], y=m["tpr"], mode="lines", name=f"{name} (AUC {m['auc']:.3f})"))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#BAB0AC"),
-                             showlegend=False, hoverinfo="skip"))
-    fig.add_vline(x=0.05, line_dash="dash", line_color="#E45756", annotation_text="5% FPR")
-    fig.update_layout(xaxis_title="false-positive rate (clean flagged)", yaxis_title="true-positive rate",
-                      margin=dict(l=10, r=10, t=30, b=10), height=380)
-    return fig
-
-
-def layer_auc(aucs: list[float]) -> go.Figure:
-    """ROC-AUC of a detector that sees one gated layer's decision at a time."""
-    fig = go.Figure(go.Bar(x=[f"gate {i}" for i in range(len(aucs))], y=aucs, marker_color="#4C78A8",
-                           text=[f"{a:.3f}" for a in aucs], textposition="outside"))
-    fig.update_layout(yaxis=dict(title="ROC-AUC", range=[0.4, 1.05]), margin=dict(l=10, r=10, t=30, b=10), height=300)
-    return fig
-
-
 def macs_clean_vs_attacked(clean: np.ndarray, attacked: dict[str, np.ndarray]) -> go.Figure:
     """Distributions of per-input counted MACs ratios, clean against each attack."""
     fig = go.Figure(go.Histogram(x=clean, name="clean", opacity=0.6, nbinsx=40))
@@ -110,19 +89,6 @@ def macs_clean_vs_attacked(clean: np.ndarray, attacked: dict[str, np.ndarray]) -
         fig.add_trace(go.Histogram(x=ratios, name=name, opacity=0.6, nbinsx=40))
     fig.update_layout(barmode="overlay", xaxis_title="counted MACs / ungated MACs", yaxis_title="inputs",
                       margin=dict(l=10, r=10, t=30, b=10), height=320)
-    return fig
-
-
-def transfer_heatmap(matrix: dict[str, dict[str, float]]) -> go.Figure:
-    """ROC-AUC of the decision-feature detector trained on one attack (rows), tested on another."""
-    rows = list(matrix)
-    cols = sorted({c for r in matrix.values() for c in r}, key=lambda c: rows.index(c) if c in rows else len(rows))
-    z = [[matrix[r].get(c, np.nan) for c in cols] for r in rows]
-    fig = go.Figure(go.Heatmap(z=z, x=cols, y=rows, zmin=0.5, zmax=1, colorscale="Blues",
-                               text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
-                               hovertemplate="trained on %{y}, tested on %{x}: AUC %{z:.3f}<extra></extra>"))
-    fig.update_layout(xaxis_title="tested on", yaxis_title="trained on", margin=dict(l=10, r=10, t=30, b=10),
-                      height=320)
     return fig
 
 

@@ -84,7 +84,8 @@ def open_app(monkeypatch):
 
 @pytest.fixture(scope="session")
 def analysed_run(tmp_path_factory) -> Path:
-    """A copy of the shipped run analysed on 100 test images (FGSM and DeepFool, two detectors)."""
+    """A copy of the shipped run analysed on 100 test images (FGSM, DeepFool and PGD, three detectors,
+    adaptive attacks on 20 inputs, the compute attack)."""
     import shutil
 
     from analysis.analyze import AnalyzeConfig, analyze
@@ -92,8 +93,9 @@ def analysed_run(tmp_path_factory) -> Path:
 
     path = tmp_path_factory.mktemp("analysed") / "dynamic"
     shutil.copytree(DEFAULT_RUN, path, ignore=shutil.ignore_patterns("analysis"))
-    config = AnalyzeConfig(limit=100, attacks=("fgsm", "deepfool"), detectors=("decision-logreg", "mahalanobis"),
-                           n_boot=50, adaptive=False)
+    config = AnalyzeConfig(limit=100, attacks=("fgsm", "deepfool", "pgd"),
+                           detectors=("decision-logreg", "mahalanobis", "margin"), simplified=False, reference=300,
+                           n_boot=50, adaptive_limit=20, attack_params={"pgd": {"steps": 10, "step_size": 0.03}})
     analyze(load_run(path), config, log=lambda s: None)
     return path
 

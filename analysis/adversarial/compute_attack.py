@@ -204,3 +204,15 @@ def _summary(ratio: np.ndarray, pred: torch.Tensor, y: torch.Tensor) -> dict:
     return {"mean_ratio": float(ratio.mean()), "max_ratio": float(ratio.max()),
             "share_high": float((ratio > HIGH_COST).mean()),
             "accuracy": float((pred == y.cpu()).float().mean()), "hist": hist.tolist()}
+
+
+def compute_table(report: dict) -> "pd.DataFrame":
+    """One row per budget of a :func:`compute_attack_report`: counted MACs ratios before and after."""
+    import pandas as pd
+
+    return pd.DataFrame([{
+        "eps": label, "inputs": r["n"], "mean ratio before": r["before"]["mean_ratio"],
+        "mean ratio after": r["after"]["mean_ratio"], "max ratio before": r["before"]["max_ratio"],
+        "max ratio after": r["after"]["max_ratio"], f"share > {report['high_cost']} before": r["before"]["share_high"],
+        f"share > {report['high_cost']} after": r["after"]["share_high"], "costlier": r["share_increased"],
+        "prediction changed": r["prediction_changed"]} for label, r in report["results"].items()])

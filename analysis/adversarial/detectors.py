@@ -9,7 +9,7 @@
 >>> det.fit(x_clean, x_adv).score(x_test)  # (N,) probabilities in [0, 1]
 """
 
-from . import baselines, confidence, decision  # noqa: F401  (each registers its detectors)
+from . import baselines, confidence, decision, mahalanobis  # noqa: F401  (each registers its detectors)
 from .baselines import class_gaussians, kd_log_density, lid_estimate, lid_mle, mahalanobis_scores, mc_dropout_uncertainty
 from .detector_base import Detector, DetectorError, create_detector, detector_class, list_detectors, register_detector
 

@@ -13,7 +13,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 FPR_LEVEL = 0.05  # TPR is reported at this false-positive rate
-CURVE_POINTS = 200  # operating points kept of each stored ROC curve (thinned evenly, ends kept)
+CURVE_POINTS = 200  # operating points kept of each stored ROC curve (evenly spaced, ends kept), plus
+SCORE_GRID = np.linspace(0.0, 1.0, 101)  # the exact operating point at each of these score thresholds
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,9 @@ def detection_metrics(labels: np.ndarray, scores: np.ndarray, *, n_boot: int = 1
     """ROC-AUC, TPR at 5% FPR and accuracy at score 0.5, each with a bootstrap 95% interval.
 
     ``labels``: 1 adversarial, 0 clean; ``scores``: higher means adversarial (probabilities).
-    Also returns the ROC curve (``fpr``, ``tpr``, ``thresholds`` lists) for plotting.
+    Also returns the ROC curve (``fpr``, ``tpr``, ``thresholds`` lists) for plotting, thinned to
+    about ``CURVE_POINTS`` points but exact at every threshold of ``SCORE_GRID`` (what the page's
+    threshold slider offers), so :func:`confusion_at` counts exactly there.
     """
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     if not np.isfinite(scores).all():
@@ -64,8 +67,10 @@ def detection_metrics(labels: np.ndarray, scores: np.ndarray, *, n_boot: int = 1
         if labels[idx].min() != labels[idx].max():  # a resample needs both classes
             boots.append(point(idx))
     lo, hi = np.percentile(np.array(boots), [2.5, 97.5], axis=0)
-    fpr, tpr_curve, thresholds = roc_curve(labels, scores)
-    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), CURVE_POINTS)).round().astype(int))
+    fpr, tpr_curve, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+    at_grid = (thresholds[None, :] >= SCORE_GRID[:, None]).sum(1) - 1  # thresholds descend: last one >= t
+    keep = np.unique(np.r_[np.linspace(0, len(fpr) - 1, min(len(fpr), CURVE_POINTS)).round().astype(int),
+                           at_grid[at_grid >= 0]])
     fpr, tpr_curve, thresholds = fpr[keep], tpr_curve[keep], thresholds[keep]
     return {
         "auc": float(auc), "auc_ci": [float(lo[0]), float(hi[0])],

@@ -43,14 +43,29 @@ def test_a_damaged_manifest_reads_as_no_analysis(open_app, analysed_run, tmp_pat
 def test_table_roc_threshold_and_layers(open_app, analysed_run):
     at = open_app(analysed_run, page=PAGE)
     table = at.dataframe[0].value
-    assert set(table["attack"]) == {"fgsm", "deepfool"}
-    assert set(table["detector"]) == {"decision-logreg", "mahalanobis"}
+    assert set(table["attack"]) == {"fgsm", "deepfool", "pgd"}
+    assert set(table["detector"]) == {"decision-logreg", "mahalanobis", "margin"}
     assert table["ROC-AUC"].between(0, 1).all()
+    pgd = table[table["attack"] == "pgd"]
+    assert pgd["adaptive ROC-AUC"].notna().all()  # every detector attacked adaptively
+    assert table[table["attack"] == "fgsm"]["adaptive ROC-AUC"].isna().all()
     confusion = at.table[0].value
     total_adv = int(confusion.loc["adversarial"].sum())
     at.slider(key="threshold").set_value(0.0).run()
     assert int(at.table[0].value.loc["adversarial", "flagged"]) == total_adv  # threshold 0 flags everything
     at.selectbox(key="detection_attack").set_value("deepfool").run()
     assert not at.exception
-    assert [s.value for s in at.subheader][:2] == ["Which gated layers carry the signal",
-                                                   "Counted MACs of clean and attacked inputs"]
+    assert [s.value for s in at.subheader] == [
+        "ROC-AUC per attack and detector", "Every detector attacked: oblivious vs adaptive pgd",
+        "Which gated layers carry the signal", "Known, unknown and transfer attacks", "Compute as an attack surface",
+        "Counted MACs of clean and attacked inputs"]
+    compute = at.dataframe[1].value
+    assert list(compute["eps"]) == ["2/255", "4/255", "8/255"]
+    assert (compute["mean ratio after"] >= compute["mean ratio before"]).all()
+
+
+def test_choosing_families_filters_the_rows(open_app, analysed_run):
+    at = open_app(analysed_run, page=PAGE)
+    at.multiselect(key="families").set_value(["baseline (no training on attacks)"]).run()
+    assert not at.exception
+    assert set(at.dataframe[0].value["detector"]) == {"margin"}

@@ -187,11 +187,49 @@ def test_cw_l2_returns_x_where_it_never_succeeds(params):
     assert not bool(result.success.any()) and bool((result.l2 == 0).all())
 
 
+# ---------------------------------------------------------------- confident attacks
+
+
+def test_confident_cw_presets_are_kappa_10_and_20():
+    assert default_params("cw_l2_k10", "cifar")["confidence"] == 10.0
+    assert default_params("cw_l2_k20", "mnist")["confidence"] == 20.0
+    assert default_params("cw_l2", "cifar")["confidence"] == 0.0
+
+
+def test_confident_cw_pays_for_the_margin_on_a_linear_model():
+    # two classes: the smallest L2 step that makes the other logit lead by kappa is (gap + kappa) / ||w_y - w_k||
+    model, x = _linear(2), _mid_gray(8)
+    y = _predict(model, x)
+    kappa = 1.0
+    result = create_attack("cw_l2_k10", model, confidence=kappa, initial_c=1.0, search_steps=6, max_iter=200)(x, y)
+    w = model.linear.weight.detach()
+    with torch.no_grad():
+        margin = attacks.margin_of(model(result.x_adv), y)
+        gap = -attacks.margin_of(model(x), y)
+    minimal = (gap + kappa) / (w[0] - w[1]).norm()
+    assert bool(result.success.all()) and bool((margin >= kappa - 1e-4).all())
+    assert bool((result.l2 >= minimal - 1e-4).all()) and bool((result.l2 <= 1.1 * minimal + 0.01).all())
+
+
+def test_pgd_margin_stops_pushing_once_the_margin_is_reached():
+    model, x = _linear(2), _mid_gray(8)
+    y = _predict(model, x)
+    target, step = 2.0, 0.01
+    result = create_attack("pgd_margin", model, eps=0.5, step_size=step, steps=300, margin=target)(x, y)
+    with torch.no_grad():
+        margin = attacks.margin_of(model(result.x_adv), y)
+    one_step = step * (model.linear.weight[0] - model.linear.weight[1]).abs().sum().item()  # the most one step adds
+    assert bool(result.success.all())
+    assert bool((margin >= target).all()) and bool((margin <= target + one_step + 1e-4).all())
+    assert bool((result.linf <= 0.5 + 1e-6).all())
+
+
 # ---------------------------------------------------------------- registry and contract
 
 
-def test_registry_lists_the_five_attacks():
-    assert list_attacks() == ["bim", "cw_l2", "deepfool", "fgsm", "pgd"]
+def test_registry_lists_the_minimal_confident_and_compute_attacks():
+    assert list_attacks() == ["bim", "compute", "cw_l2", "cw_l2_k10", "cw_l2_k20", "deepfool", "fgsm", "pgd",
+                              "pgd_margin"]
     assert list_attacks("*gd") == ["pgd"]
 
 
@@ -214,7 +252,7 @@ def test_register_attack_makes_a_new_attack_available_by_name(monkeypatch):
 
 def test_unknown_names_and_parameters_are_clear_errors():
     model = _linear(3)
-    with pytest.raises(ValueError, match="unknown attack 'cw'; known: bim, cw_l2, deepfool, fgsm, pgd"):
+    with pytest.raises(ValueError, match="unknown attack 'cw'; known: bim, compute, cw_l2, cw_l2_k10"):
         create_attack("cw", model)
     with pytest.raises(TypeError, match="unknown parameter.*epsilon; known: eps, step_size, steps"):
         create_attack("pgd", model, epsilon=0.1)
