@@ -71,7 +71,7 @@ def analyze(run: Run, config: AnalyzeConfig = AnalyzeConfig(), *, force: bool = 
     if not distributed.is_main():
         return {}  # under torchrun, detection and the map (not per-input work) run on rank 0 alone
     detection = _detection(store, run, split, clean, attacks, config, force, log) if attacks else {}
-    if config.compute_eps:
+    if config.compute_eps and attacks:  # --attacks none: features and the map only
         _compute(store, run, split, config, force, log)
     _umap(store, clean, attacks, config, force, log)
     return detection
