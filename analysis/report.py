@@ -84,9 +84,8 @@ def format_detection(results: dict) -> str:
         lines.append(f"  {'detector':24s} {'ROC-AUC [95% CI]':>24s} {'TPR@5%':>7s} {'val AUC':>8s} {'adaptive AUC':>13s} "
                      f"{'evaded':>7s}  test clean/adv")
         for _, r in table[table["attack"] == attack].iterrows():
-            val = "" if r["validation AUC"] is None else f"{r['validation AUC']:.3f}"
-            ada = "" if r["adaptive ROC-AUC"] is None or r["adaptive ROC-AUC"] != r["adaptive ROC-AUC"] else f"{r['adaptive ROC-AUC']:.3f}"
-            ev = "" if r["adaptive evaded@5%FPR"] is None or r["adaptive evaded@5%FPR"] != r["adaptive evaded@5%FPR"] else f"{r['adaptive evaded@5%FPR']:.1%}"
+            val, ada, ev = (_or_blank(r[c], f) for c, f in (("validation AUC", ".3f"), ("adaptive ROC-AUC", ".3f"),
+                                                             ("adaptive evaded@5%FPR", ".1%")))
             star = "*" if r["best decision variant"] else " "
             lines.append(f" {star}{r['detector']:24s} {r['ROC-AUC']:7.3f} {r['AUC 95% CI']:>16s} {r['TPR@5%FPR']:7.3f} "
                          f"{val:>8s} {ada:>13s} {ev:>7s}  {r['test clean / adversarial']}")
@@ -101,6 +100,10 @@ def format_detection(results: dict) -> str:
         for attack, aucs in results["layers"].items():
             lines.append(f"  {attack:10s} " + " ".join(f"{a:.3f}" for a in aucs))
     return "\n".join(lines)
+
+
+def _or_blank(value: float, spec: str) -> str:
+    return "" if value != value else format(value, spec)  # NaN: not measured
 
 
 def format_compute(report: dict) -> str:

@@ -64,7 +64,8 @@ def transfer_heatmap(matrix: dict[str, dict[str, float]]) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=z, x=cols, y=rows, zmin=0, zmax=1, zmid=0.5, colorscale="RdBu",
                                text=[[f"{v:.2f}" for v in row] for row in z], texttemplate="%{text}",
                                hovertemplate="trained on %{y}, tested on %{x}: AUC %{z:.3f}<extra></extra>"))
-    fig.update_layout(xaxis_title="tested on", yaxis_title="trained on", margin=MARGIN, height=340)
+    fig.update_layout(xaxis_title="tested on", yaxis=dict(title="trained on", autorange="reversed"), margin=MARGIN,
+                      height=340)
     return fig
 
 

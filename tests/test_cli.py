@@ -45,9 +45,9 @@ def test_analyze_then_report_prints_the_detection_table(tmp_path, capsys):
     args = ["analyze", str(run), "--limit", "80", "--attacks", "fgsm", "--detectors", "decision-logreg", "--no-adaptive"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "fgsm: success" in out and "decision-logreg" in out and "ROC-AUC" in out
+    assert "fgsm (fixed budget): success" in out and "decision-logreg" in out and "ROC-AUC" in out
     assert main(["report", str(run)]) == 0
-    assert "fgsm: success" in capsys.readouterr().out
+    assert "fgsm (fixed budget): success" in capsys.readouterr().out
     assert main(["analyze", str(run), "--attack-param", "fgsm.eps"]) == 1
     assert "expected ATTACK.NAME=VALUE" in capsys.readouterr().err
 

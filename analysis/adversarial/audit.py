@@ -209,4 +209,7 @@ def audit_table(results: dict) -> "pd.DataFrame":
                 "adaptive success": a.get("success_rate"),
                 "test clean / adversarial": f"{m['n_clean']} / {m['n_adversarial']}",
             })
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    numeric = ["validation AUC", "adaptive ROC-AUC", "adaptive evaded@5%FPR", "adaptive success"]
+    table[numeric] = table[numeric].astype(float)  # None -> NaN: one numeric column each, not objects
+    return table

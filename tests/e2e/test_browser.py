@@ -260,3 +260,29 @@ def test_lasso_on_the_decision_feature_map_in_chromium(browser, analysed_run, tm
         assert page.locator("img").count() >= 1, "thumbnails of the selected inputs"
         assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
+
+
+def test_the_detection_audit_in_chromium(browser, analysed_run, tmp_path):
+    """The analysed run's Detection page: the AUC grid, oblivious vs adaptive, transfer and the
+    compute attack all drawn, no exception, no console error; a screenshot per screen."""
+    with _serving(tmp_path / "server.log", analysed_run) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        errors = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(url)
+        _wait_idle(page)
+        page.locator('[data-testid="stSidebarNavLink"]', has_text="Detection").click()
+        page.wait_for_selector("h3:has-text('Compute as an attack surface')", timeout=120_000)
+        _wait_idle(page)
+        for heading in ("ROC-AUC per attack and detector", "Every detector attacked: oblivious vs adaptive pgd",
+                        "Known, unknown and transfer attacks"):
+            assert page.locator(f"h3:has-text('{heading}')").count() == 1, heading
+        assert page.locator('[data-testid="stPlotlyChart"]').count() >= 6  # grid, adaptive, ROC, layers, transfer, MACs
+        assert page.locator('[data-testid="stException"]').count() == 0
+        main = page.locator('[data-testid="stMain"]')
+        height = main.evaluate("m => m.scrollHeight")
+        for i, top in enumerate(range(0, height, 1100)):
+            main.evaluate(f"m => m.scrollTo(0, {top})")
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(_shots(tmp_path) / f"detection-{i}.png"))
+        assert not errors, errors
