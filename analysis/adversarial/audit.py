@@ -10,6 +10,7 @@ decision-feature variant" of an attack is the one with the best *validation* AUC
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Callable
 
@@ -50,6 +51,7 @@ def audit(model: Network, data: AuditInputs, detectors: dict[str, Detector], *, 
                      "layers": {}, "adaptive": {}}
     trained: dict[tuple[str, str], Detector] = {}
     test_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    score = _Scores()
     for name, adv in data.attacks.items():
         rows = adv["rows"]
         ok = rows["success"].to_numpy().astype(bool)
@@ -66,7 +68,8 @@ def audit(model: Network, data: AuditInputs, detectors: dict[str, Detector], *, 
         for det_name, proto in detectors.items():
             log(f"detector {det_name} on {name}")
             det = proto.fresh().fit(train_c, train_a, seed=seed)
-            scores, labels = labelled(det.score(test_sets[name][0]), det.score(test_sets[name][1]))
+            scores, labels = labelled(score(det_name, det, (name, "clean"), test_sets[name][0]),
+                                      score(det_name, det, (name, "adversarial"), test_sets[name][1]))
             summary["detectors"][det_name] = {
                 **detection_metrics(labels, scores, n_boot=n_boot, seed=seed), "family": proto.family,
                 "validation_auc": None if det.validation is None else det.validation["auc"], "params": det.params}
@@ -76,7 +79,7 @@ def audit(model: Network, data: AuditInputs, detectors: dict[str, Detector], *, 
             n_layers = data.clean_log_probs.shape[1]
             results["layers"][name] = per_layer_auc(data.clean_log_probs.reshape(len(data.x), -1),
                                                     adv["log_probs"][ok].reshape(int(ok.sum()), -1), src, sides, n_layers)
-    results["transfer"] = _transfer(trained, test_sets, log)
+    results["transfer"] = _transfer(trained, test_sets, score, log)
     if adaptive_on in test_sets:
         results["adaptive"] = _adaptive(model, data, sides, trained, adaptive_on, adaptive_limit, n_boot, seed, log)
     return results
@@ -103,7 +106,22 @@ def _best_by_validation(detectors: dict[str, dict]) -> str | None:
     return max(candidates, key=candidates.get) if candidates else None
 
 
-def _transfer(trained: dict, test_sets: dict, log) -> dict:
+class _Scores:
+    """Scores of a detector on a named image set, from features cached by (detector, parameters,
+    set): the transfer matrix scores each test set with detectors trained on every attack, and
+    detectors whose parameters agree share the features (the logistic regression differs)."""
+
+    def __init__(self):
+        self._features: dict[tuple, np.ndarray] = {}
+
+    def __call__(self, label: str, det: Detector, key: tuple, x: torch.Tensor) -> np.ndarray:
+        memo = (label, json.dumps(det.feature_params(), sort_keys=True, default=str), key)
+        if memo not in self._features:
+            self._features[memo] = det.features(x)
+        return det.score_features(self._features[memo])
+
+
+def _transfer(trained: dict, test_sets: dict, score: _Scores, log) -> dict:
     """ROC-AUC of each detector trained on attack A (rows) and tested on attack B's test side
     (columns); the diagonal is the known-attack figure, the FGSM row Lee et al.'s unknown-attack
     setting."""
@@ -114,7 +132,8 @@ def _transfer(trained: dict, test_sets: dict, log) -> dict:
         log(f"transfer: {det_name} trained on {train_name}")
         row = matrix.setdefault(det_name, {}).setdefault(train_name, {})
         for test_name, (clean, adv) in test_sets.items():
-            scores, labels = labelled(det.score(clean), det.score(adv))
+            scores, labels = labelled(score(det_name, det, (test_name, "clean"), clean),
+                                      score(det_name, det, (test_name, "adversarial"), adv))
             row[test_name] = float(roc_auc_score(labels, scores))
     return matrix
 

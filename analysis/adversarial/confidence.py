@@ -56,9 +56,12 @@ class _Confidence(Detector):
         self._classifier = "threshold"
         return self
 
-    def score(self, x: Tensor) -> np.ndarray:
+    def feature_params(self) -> dict:
+        return {k: v for k, v in self.params.items() if k not in ("threshold", "scale")}
+
+    def score_features(self, features: np.ndarray) -> np.ndarray:
         self._check_fitted()
-        return expit((self.features(x)[:, 0] - self._threshold) / self._scale)
+        return expit((features[:, 0] - self._threshold) / self._scale)
 
     def torch_logit(self, x: Tensor) -> Tensor:
         self._check_fitted()

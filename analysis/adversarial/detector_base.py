@@ -123,9 +123,17 @@ class Detector:
 
     def score(self, x: Tensor) -> np.ndarray:
         """(N,) probability in [0, 1] that each image is adversarial."""
-        self._check_fitted()
         _check_images(x, "x")
-        return self._classifier.predict_proba(self.features(x))[:, 1]
+        return self.score_features(self.features(x))
+
+    def feature_params(self) -> dict:
+        """The parameters the features depend on (not the validation AUCs that chose them)."""
+        return {k: v for k, v in self.params.items() if not k.endswith("_auc")}
+
+    def score_features(self, features: np.ndarray) -> np.ndarray:
+        """(N,) the score of precomputed ``features`` (N, F) (what ``score`` does after ``features``)."""
+        self._check_fitted()
+        return self._classifier.predict_proba(features)[:, 1]
 
     def torch_logit(self, x: Tensor) -> Tensor:
         """(B,) the classifier's logit (the score before the sigmoid) for one batch, differentiable

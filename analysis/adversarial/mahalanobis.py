@@ -31,7 +31,9 @@ MAGNITUDES = (0.0, 0.0005, 0.001, 0.0014, 0.002, 0.005, 0.01)  # Lee et al.'s no
 
 @register_detector("mahalanobis-lee")
 class MahalanobisLee(Detector):
-    """Per block l (every ``GatedConv`` output after ReLU averaged over space, and ``"fc.input"``):
+    """Per block l (the output after ReLU of the last ``GatedConv`` at each spatial resolution,
+    averaged over space, as Lee et al. take each residual stage's output; and ``"fc.input"`` where it
+    is not the last of those already):
     the confidence ``M_l(x) = max_c -(f_l(x) - mu_lc)^T P_l (f_l(x) - mu_lc)`` at the pre-processed
     input ``x_hat = clamp(x - eps * sign(grad_x D_l(x)), 0, 1)``, ``D_l`` the squared distance to
     the closest class mean (the step raises ``M_l``); logistic regression over the blocks.
@@ -70,6 +72,7 @@ class MahalanobisLee(Detector):
             raise DetectorError(f"magnitude must be a finite number >= 0 (pixel units) or None to choose it "
                                 f"on validation, got {magnitude!r}")
         self._search = magnitude is None
+        self._blocks = _stage_outputs(model, ref_x[:2])
         pairs = _pairs(ref_x, ref_y, batch_size) if reference_loader is None else reference_loader
         self.means, self.precisions, n = self._class_gaussians(pairs)
         self.feature_names = list(self.means)
@@ -105,7 +108,7 @@ class MahalanobisLee(Detector):
     def _pooled(self, x: Tensor) -> dict[str, Tensor]:
         """(B, D) float64 features per block of the batch ``x`` (gradients as the caller has them)."""
         acts = activations(self.model, x)
-        return {n: (a.flatten(2).mean(2) if a.dim() == 4 else a).double() for n, a in acts.items() if n != "logits"}
+        return {n: (acts[n].flatten(2).mean(2) if acts[n].dim() == 4 else acts[n]).double() for n in self._blocks}
 
     def _distances(self, f: Tensor, name: str) -> Tensor:
         """(B, C) squared Mahalanobis distances of the block's features f (B, D) to each class mean."""
@@ -207,6 +210,19 @@ class _ClassMoments:
         means = self.sums / self.count[:, None]  # about the shift
         cov = (self.outer - (self.count[:, None] * means).T @ means) / self.count.sum()
         return means + self.shift, torch.linalg.pinv(cov, hermitian=True)
+
+
+def _stage_outputs(model: Network, probe: Tensor) -> list[str]:
+    """The blocks: the last GatedConv of every run of equal output resolution, in forward order,
+    then ``"fc.input"`` unless it equals the last block averaged over space."""
+    with _evaluating(model), torch.no_grad():
+        acts = activations(model, probe.to(model.mean.device))
+    convs = [n for n, a in acts.items() if a.dim() == 4]
+    blocks = [n for i, n in enumerate(convs) if i + 1 == len(convs) or acts[n].shape[2:] != acts[convs[i + 1]].shape[2:]]
+    pooled_last = acts[blocks[-1]].flatten(2).mean(2) if blocks else None
+    if pooled_last is None or pooled_last.shape != acts["fc.input"].shape or not torch.allclose(pooled_last, acts["fc.input"]):
+        blocks.append("fc.input")
+    return blocks
 
 
 @contextmanager

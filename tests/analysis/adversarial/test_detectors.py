@@ -295,3 +295,12 @@ def test_class_statistics_are_zero_distance_at_the_class_mean_and_count_surprise
     p = lp.exp()[0, 0]
     assert as_0[0, 1] == pytest.approx(-(p * freq[0, 0].log()).sum().item())
     assert as_1[0, 1] > as_0[0, 1]  # action 0 is surprising for class 1
+
+
+@pytest.mark.parametrize("name", list_detectors())
+def test_scoring_precomputed_features_is_scoring(shipped, name):
+    model, ref_x, ref_y, clean, noisy = shipped
+    det = create_detector(name, model, ref_x, ref_y).fit(clean[:60], noisy[60:120])
+    x = torch.cat([clean[200:210], noisy[:10]])
+    np.testing.assert_array_equal(det.score_features(det.features(x)), det.score(x))
+    assert not any(k.endswith("_auc") for k in det.feature_params())

@@ -74,9 +74,9 @@ def test_streamed_statistics_equal_the_closed_form_on_all_features(shipped):
     det = MahalanobisLee(model, ref_x[:20], ref_y[:20], reference_loader=loader, magnitude=0)
     # the same float32 activations (batch by batch), then all at once in float64
     pooled = [_numpy_pooled(model, xb) for xb, _ in loader]
-    expected = _numpy_gaussians({n: np.concatenate([p[n] for p in pooled]) for n in pooled[0]}, ref_y.numpy())
-    assert det.feature_names == list(expected) == [*(n for n, m in model.named_modules() if isinstance(m, GatedConv)),
-                                                   "fc.input"]
+    expected = _numpy_gaussians({n: np.concatenate([p[n] for p in pooled]) for n in det.feature_names}, ref_y.numpy())
+    # the blocks: the last conv at each resolution; fc.input is the last one pooled, so not repeated
+    assert det.feature_names == ["convs.0", "convs.2", "convs.4"]
     assert det.params["n_reference"] == 300 and det.params["reference"] == "reference_loader"
     for name, (means, precision) in expected.items():
         assert det.means[name].dtype == det.precisions[name].dtype == torch.float64
