@@ -72,15 +72,16 @@ def format_detection(results: dict) -> str:
     """The detection audit of ``gatescope analyze`` as text: per attack its success, and per
     detector the oblivious ROC-AUC [95% CI] and TPR at 5% FPR, the adaptive figures, the
     validation AUC; then the transfer matrices, per-layer AUCs and the compute attack."""
-    from .adversarial.audit import audit_table
+    from .adversarial.audit import audit_table, upgraded
 
+    results = upgraded(results)
     lines = [f"detection (train/test split of source images: {results['split']['train']}/{results['split']['test']}; "
              f"figures on the test side; * = best decision-feature variant by validation AUC)"]
     table = audit_table(results)
     for attack, s in results["attacks"].items():
         lines.append(f"\n{attack} ({s.get('kind', '')}): success {s['success_rate']:.1%} of {s['attacked']} attacked; "
                      f"mean L2 {s['mean_l2']:.3f}, mean Linf {s['mean_linf']:.3f}, median margin "
-                     f"{s.get('median_margin', 0):.2f}; params {s['params']}")
+                     f"{s['median_margin'] if s['median_margin'] is not None else '-'}; params {s['params']}")
         lines.append(f"  {'detector':24s} {'ROC-AUC [95% CI]':>24s} {'TPR@5%':>7s} {'val AUC':>8s} {'adaptive AUC':>13s} "
                      f"{'evaded':>7s}  test clean/adv")
         for _, r in table[table["attack"] == attack].iterrows():

@@ -232,3 +232,17 @@ def audit_table(results: dict) -> "pd.DataFrame":
     numeric = ["validation AUC", "adaptive ROC-AUC", "adaptive evaded@5%FPR", "adaptive success"]
     table[numeric] = table[numeric].astype(float)  # None -> NaN: one numeric column each, not objects
     return table
+
+
+def upgraded(results: dict) -> dict:
+    """Results stored by an older gatescope (format 2: one adaptive attack and one transfer matrix,
+    both of ``decision-logreg``) in today's layout, so their table still shows; nothing is invented
+    (the missing figures stay missing)."""
+    if results.get("format", 2) >= 3:
+        return results
+    out = {**results, "format": 2, "best_decision": {}, "n_images": None}
+    out["attacks"] = {a: {"kind": ATTACK_KINDS.get(a, "other"), "median_margin": None, **s} for a, s in results["attacks"].items()}
+    old = results.get("adaptive")
+    out["adaptive"] = {"decision-logreg": {**old, "attack": "pgd", "crafted_against": "decision-logreg"}} if old else {}
+    out["transfer"] = {"decision-logreg": results["transfer"]} if results.get("transfer") else {}
+    return out

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from analysis.adversarial.audit import audit_table
+from analysis.adversarial.audit import audit_table, upgraded
 from analysis.adversarial.compute_attack import compute_table
 from analysis.adversarial.protocol import confusion_at
 from app import audit_figures, figures
@@ -14,14 +14,18 @@ run, _ = sidebar()
 sha, path = run.meta.weights_sha256, str(run.path)
 st.title("Detection")
 results = get_analysis(path, sha, "detection")
-if results is None or results.get("format") != 3:
+if results is None:
     st.info(missing_analysis(run, "detection results") + " (About 5 minutes for the shipped model on a 2-core CPU.)")
     st.stop()
+results = upgraded(results)
+if results["format"] < 3:
+    st.warning(f"These results were stored by an older gatescope: one adaptive attack and one transfer matrix "
+               f"(decision-logreg), no confident attacks, no validation AUCs. `gatescope analyze {run.path}` "
+               f"recomputes the full audit.")
 
 table = audit_table(results)
 st.caption(f"Successful attacks only. Clean and attacked versions of an image fall on the same side of a "
-           f"{results['split']['train']}/{results['split']['test']} split of the {results['n_images']} analysed "
-           f"images; detectors train on the training side, choose hyperparameters on a validation part of it, and "
+           f"{results['split']['train']}/{results['split']['test']} split of the analysed images; detectors train on the training side, choose hyperparameters on a validation part of it, and "
            f"every figure below is on the test side (counts in the table), with bootstrap 95% intervals.")
 
 families = list(dict.fromkeys(table["family"]))
@@ -64,7 +68,7 @@ attack = st.selectbox("Attack", attacks, key="detection_attack")
 s = results["attacks"][attack]
 st.markdown(f"**{attack}** ({s['kind']}): {s['success_rate']:.1%} of {s['attacked']} correctly classified inputs "
             f"flipped; mean L2 {s['mean_l2']:.3f}, mean L-inf {s['mean_linf']:.4f}, median logit margin of the "
-            f"adversarials {s['median_margin']:.2f}; parameters `{s['params']}`.")
+            f"adversarials {s['median_margin'] if s['median_margin'] is not None else 'not recorded'}; parameters `{s['params']}`.")
 detectors = {d: m for d, m in s["detectors"].items() if d in view["detector"].values}
 left, right = st.columns(2)
 chart(left, audit_figures.roc_curves(detectors), key="roc")

@@ -8,7 +8,7 @@ PAGE = "views/feature_map.py"
 
 def test_map_shows_clean_and_attacked_points_and_filters_them(open_app, analysed_run):
     at = open_app(analysed_run, page=PAGE)
-    assert at.multiselect(key="umap_kinds").value == ["clean", "fgsm", "deepfool"]
+    assert at.multiselect(key="umap_kinds").value == ["clean", "fgsm", "deepfool", "pgd"]
     at.multiselect(key="umap_kinds").set_value(["clean"]).run()
     assert not at.exception
     at.number_input(key="umap_neighbors").set_value(10).run()  # a new UMAP, computed and cached
@@ -32,4 +32,4 @@ def test_new_umap_parameters_are_cached_in_the_analysis_folder(analysed_run):
     messages = []
     b = umap_points(run, neighbors=8, min_dist=0.2, log=messages.append)
     assert messages == [] and a.equals(b)
-    assert set(a["kind"]) == {"clean", "fgsm", "deepfool"} and len(a[a["kind"] == "clean"]) == 100
+    assert set(a["kind"]) == {"clean", "fgsm", "deepfool", "pgd"} and len(a[a["kind"] == "clean"]) == 100
