@@ -21,7 +21,7 @@ from models import Network
 
 from .adaptive import adaptive_pgd
 from .attacks import margin_of
-from .detector_base import Detector, create_detector
+from .detector_base import Detector
 from .protocol import SourceSplit, detection_metrics, labelled
 
 # how an attack relates to the decision boundary (the audit shows minimal and confident ones apart)
@@ -194,18 +194,6 @@ def per_layer_auc(clean_f: np.ndarray, adv_f: np.ndarray, src: np.ndarray, sides
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_tr, y_tr)
         aucs.append(float(roc_auc_score(y_te, clf.predict_proba(x_te)[:, 1])))
     return aucs
-
-
-def build_detectors(names: tuple[str, ...], model: Network, ref_x: torch.Tensor, ref_y: torch.Tensor, *,
-                    seed: int = 0, options: dict[str, dict] | None = None,
-                    log: Callable[[str], None] = print) -> dict[str, Detector]:
-    """Each named detector built once on the reference set (``options``: per-detector keywords)."""
-    options = options or {}
-    built = {}
-    for name in names:
-        log(f"detector {name}: reference statistics")
-        built[name] = create_detector(name, model, ref_x, ref_y, **options.get(name, {}))
-    return built
 
 
 def audit_table(results: dict) -> "pd.DataFrame":
