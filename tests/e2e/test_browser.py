@@ -277,7 +277,9 @@ def test_the_detection_audit_in_chromium(browser, analysed_run, tmp_path):
         for heading in ("ROC-AUC per attack and detector", "Every detector attacked: oblivious vs adaptive pgd",
                         "Known, unknown and transfer attacks"):
             assert page.locator(f"h3:has-text('{heading}')").count() == 1, heading
-        assert page.locator('[data-testid="stPlotlyChart"]').count() >= 6  # grid, adaptive, ROC, layers, transfer, MACs
+        # grid, adaptive, ROC, layers, transfer, MACs: plotly's bundle loads lazily, after the headings
+        page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"]').length >= 6",
+                               timeout=120_000)
         assert page.locator('[data-testid="stException"]').count() == 0
         main = page.locator('[data-testid="stMain"]')
         height = main.evaluate("m => m.scrollHeight")
