@@ -103,6 +103,48 @@ def format_detection(results: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_detection(results: dict, compute: dict | None = None) -> str:
+    """The audit as one Markdown table (README, reports): a row per detector, a column per
+    attack holding the oblivious ROC-AUC, its 95% interval and the TPR at 5% FPR, and a last
+    column with the adaptive attack's ROC-AUC and the share evading at 5% FPR; then the compute
+    attack's table when given."""
+    from .adversarial.audit import audit_table, upgraded
+
+    results = upgraded(results)
+    table = audit_table(results)
+    attacks = list(results["attacks"])
+    adaptive = results.get("adaptive") or {}
+    against = next(iter(adaptive.values()), {}).get("attack")
+    head = [f"{a} ({results['attacks'][a].get('kind', '')}, {results['attacks'][a]['success_rate']:.0%})" for a in attacks]
+    lines = ["| detector | " + " | ".join(head) + (f" | adaptive {against}: AUC, evaded |" if against else " |"),
+             "|---" * (len(attacks) + 1 + bool(against)) + "|"]
+    for det in dict.fromkeys(table["detector"]):
+        cells = []
+        for a in attacks:
+            r = table[(table["attack"] == a) & (table["detector"] == det)]
+            if r.empty:
+                cells.append("")
+                continue
+            r = r.iloc[0]
+            auc = f"**{r['ROC-AUC']:.3f}**" if r["best decision variant"] else f"{r['ROC-AUC']:.3f}"
+            cells.append(f"{auc} {r['AUC 95% CI'].replace(', ', '–')} · {r['TPR@5%FPR']:.2f}")
+        if against:
+            a = adaptive.get(det, {})
+            cells.append(f"{a['auc']:.3f} · {a['evaded_at_5fpr']:.0%}" if a.get("auc") is not None else "")
+        lines.append(f"| `{det}` | " + " | ".join(cells) + " |")
+    lines.append(f"\nCells: oblivious ROC-AUC [95% bootstrap interval] · TPR at 5% FPR, on the test side "
+                 f"({results['split']['test']} of the analysed source images); **bold**: the decision-feature "
+                 f"variant chosen by validation AUC. Column heads: attack (kind, success rate).")
+    if compute:
+        lines += ["", "| eps | mean MACs before | mean after | max before | max after | > 0.75 before | > 0.75 after | prediction changed |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for label, r in compute["results"].items():
+            b, a = r["before"], r["after"]
+            lines.append(f"| {label} | {b['mean_ratio']:.3f} | {a['mean_ratio']:.3f} | {b['max_ratio']:.3f} | "
+                         f"{a['max_ratio']:.3f} | {b['share_high']:.1%} | {a['share_high']:.1%} | {r['prediction_changed']:.1%} |")
+    return "\n".join(lines)
+
+
 def _or_blank(value: float, spec: str) -> str:
     return "" if value != value else format(value, spec)  # NaN: not measured
 

@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", type=Path, help="an ungated run to compare accuracy with")
     p.add_argument("--dataset", help="dataset spec (default: the run's own)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--audit-markdown", action="store_true",
+                   help="print only the stored detection audit and compute attack as Markdown tables (no data needed)")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("analyze", help="attacks, decision features, detectors and UMAP into RUN/analysis",
@@ -212,15 +214,19 @@ def _train_pruned(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from analysis.report import format_report, report_for_path
-
-    from analysis.report import format_detection
+    from analysis.report import format_detection, format_report, markdown_detection, report_for_path
     from analysis.store import AnalysisStore
     from models import load_run
 
-    report = report_for_path(args.run, args.baseline, args.dataset)
     store = AnalysisStore(load_run(args.run))
     detection = store.data("detection") if store.params("detection") is not None else None
+    if args.audit_markdown:
+        if detection is None:
+            print(f"no detection results: run gatescope analyze {args.run}", file=sys.stderr)
+            return 1
+        print(markdown_detection(detection, store.data("compute") if store.params("compute") is not None else None))
+        return 0
+    report = report_for_path(args.run, args.baseline, args.dataset)
     if args.json:
         print(json.dumps({**report, "detection": detection}, indent=2))
         return 0

@@ -1,3 +1,4 @@
+import re
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,11 @@ def test_analyze_then_report_prints_the_detection_table(tmp_path, capsys):
     assert "fgsm (fixed budget): success" in out and "decision-logreg" in out and "ROC-AUC" in out
     assert main(["report", str(run)]) == 0
     assert "fgsm (fixed budget): success" in capsys.readouterr().out
+    assert main(["report", str(run), "--audit-markdown"]) == 0  # the README's table
+    rows = {line.split(" | ")[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert rows["| detector"].count("|") == rows["| `decision-logreg`"].count("|")  # one cell per column
+    assert float(re.search(r"\d\.\d{3}", rows["| `decision-logreg`"].split(" | ")[1]).group()) > 0.5
+    assert "| 8/255" in rows  # the compute attack's table
     assert main(["analyze", str(run), "--attack-param", "fgsm.eps"]) == 1
     assert "expected ATTACK.NAME=VALUE" in capsys.readouterr().err
 
