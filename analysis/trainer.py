@@ -1,9 +1,10 @@
 """The training loop shared by every recipe: one *phase* trains one model into one run folder.
 
 Every epoch appends a line to the folder's ``train_log.jsonl`` and atomically saves a
-resumable state (weights + optimiser tensors in safetensors, counters in JSON). Running the
-same phase again resumes after the last saved epoch; a finished phase with the same config is
-skipped; a folder holding another config is refused.
+resumable state: one safetensors file holding the weights and optimiser tensors, with the epoch
+counter, config and optimiser settings in its metadata, so that weights and counter are
+committed by one rename. Running the same phase again resumes after the last saved epoch; a
+finished phase with the same config is skipped; a folder holding another config is refused.
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from models import Decision, Network, RunMeta, constrain_, load_run, read_meta, save_run
-from models.files import atomic_write_bytes, atomic_write_json
+from models.files import atomic_write_bytes
 
 from . import distributed
 from .augment import augment_batch
 from .datasets import DatasetSplit
 from .evaluation import collect, macs_summary
 
-STATE_WEIGHTS = "train_state.safetensors"
-STATE_META = "train_state.json"
+STATE_WEIGHTS = "train_state.safetensors"  # the resumable state, counters in its metadata under "state"
+STATE_META = "train_state.json"  # the counters of older gatescope versions, which wrote two files
 LOG = "train_log.jsonl"
 
 
@@ -64,7 +65,7 @@ def run_phase(
     folder = Path(folder)
     main = distributed.is_main()  # under torchrun only rank 0 logs and writes
     log = log if main else (lambda message: None)
-    if (folder / "model.json").is_file() and not (folder / STATE_META).exists():
+    if (folder / "model.json").is_file() and not (folder / STATE_WEIGHTS).exists():
         meta = load_run(folder).meta
         if meta.training.get("config") == phase.config:
             log(f"{phase.name}: already trained in {folder}, skipping")
@@ -125,6 +126,7 @@ def run_phase(
         save_run(folder, model, replace(phase.meta, training=training, metrics=metrics))
         (folder / STATE_WEIGHTS).unlink(missing_ok=True)
         (folder / STATE_META).unlink(missing_ok=True)
+        _remove_stale_temporaries(folder)
     distributed.barrier()
     meta = read_meta(folder)
     log(f"{phase.name}: saved {folder} (test accuracy {test.accuracy:.4f})")
@@ -178,8 +180,44 @@ def _save_state(folder: Path, model: Network, optimizer: torch.optim.Optimizer, 
     for i, state in opt["state"].items():
         for k, v in state.items():
             tensors[f"optim.{i}.{k}"] = torch.as_tensor(v).contiguous()
-    atomic_write_bytes(folder / STATE_WEIGHTS, safetensors.torch.save(tensors))
-    atomic_write_json(folder / STATE_META, {"epoch": epoch, "config": cfg, "param_groups": opt["param_groups"]})
+    state = json.dumps({"epoch": epoch, "config": cfg, "param_groups": opt["param_groups"]}, allow_nan=False)
+    atomic_write_bytes(folder / STATE_WEIGHTS, safetensors.torch.save(tensors, metadata={"state": state}))
+    (folder / STATE_META).unlink(missing_ok=True)  # an older version's counters, superseded by the line above
+    _remove_stale_temporaries(folder)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete what earlier saves killed mid-write left (``.train_state.*.tmp``); this save is complete,
+    and only one trainer writes a folder."""
+    for name in (STATE_WEIGHTS, STATE_META):
+        for tmp in folder.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _read_state(weights_file: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The counters and tensors of a saved state; counters from the file's metadata, or from the
+    ``train_state.json`` beside it that gatescope versions before the one-file state wrote."""
+    try:
+        with safetensors.safe_open(weights_file, "pt") as f:
+            raw = (f.metadata() or {}).get("state")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise TrainError(f"{weights_file}: not a readable training state ({str(e)[:200]}); "
+                         f"remove it to restart the phase") from None
+    source = weights_file
+    if raw is None:
+        source = weights_file.with_name(STATE_META)
+        if not source.is_file():
+            raise TrainError(f"{weights_file}: no \"state\" metadata and no {STATE_META} beside it; "
+                             f"remove it to restart the phase")
+        raw = source.read_text()
+    try:
+        state = json.loads(raw)
+        int(state["epoch"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise TrainError(f"{source}: the saved epoch counter is unreadable; remove {weights_file} "
+                         f"to restart the phase") from None
+    return state, tensors
 
 
 def _epoch_of(line: str) -> int:
@@ -193,15 +231,14 @@ def _epoch_of(line: str) -> int:
 def _resume(folder: Path, model: Network, optimizer: torch.optim.Optimizer, cfg: dict, log, *, write: bool = True) -> int:
     """Load a saved state if there is one for this config; returns the epoch to start from.
     ``write``: whether this process tidies the log (rank 0 only under torchrun)."""
-    meta_file, weights_file = folder / STATE_META, folder / STATE_WEIGHTS
-    if not meta_file.is_file():
+    weights_file = folder / STATE_WEIGHTS
+    if not weights_file.is_file():
         if write:
             (folder / LOG).unlink(missing_ok=True)  # a fresh phase starts a fresh log
         return 0
-    state = json.loads(meta_file.read_text())
+    state, tensors = _read_state(weights_file)
     if state.get("config") != cfg:
-        raise TrainError(f"{meta_file}: an interrupted run with another config; remove {folder} to restart")
-    tensors = safetensors.torch.load_file(weights_file)
+        raise TrainError(f"{weights_file}: an interrupted run with another config; remove {folder} to restart")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     opt_state: dict[int, dict] = {}
     for k, v in tensors.items():

@@ -31,7 +31,7 @@ def test_train_writes_three_loadable_runs_with_logs(quick_run):
         assert run.meta.arch_args["gated"] == (phase == "dynamic")
         lines = [json.loads(s) for s in (out / phase / "train_log.jsonl").read_text().splitlines()]
         assert [r["epoch"] for r in lines] == list(range(1, len(lines) + 1))
-        assert not (out / phase / "train_state.json").exists(), "a finished phase leaves no resume state"
+        assert not (out / phase / "train_state.safetensors").exists(), "a finished phase leaves no resume state"
     # even one epoch of MNIST training is far better than chance
     assert metas["baseline"].metrics["test_accuracy"] > 0.8
     assert metas["dynamic"].metrics["macs_ratio"]["mean"] < 1.0
@@ -47,7 +47,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(quick_run, tmp_path):
 
     with pytest.raises(_Stop):
         train(QUICK, tmp_path / "run", progress=False, log=stop_after_first_dynamic_epoch)
-    assert (tmp_path / "run" / "dynamic" / "train_state.json").exists()
+    assert (tmp_path / "run" / "dynamic" / "train_state.safetensors").exists()
     assert not (tmp_path / "run" / "dynamic" / "model.json").exists()
 
     messages = []
