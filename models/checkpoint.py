@@ -164,9 +164,23 @@ def model_from_state(meta: RunMeta, state: dict[str, torch.Tensor], source: Path
     if bad:
         raise RunError(f"{source}: weights hold NaN or infinite values (in {', '.join(bad[:3])}"
                        f"{', ...' if len(bad) > 3 else ''})")
+    _check_normalisation(meta, state, source)
     model = build_model(meta)
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def _check_normalisation(meta: RunMeta, state: dict[str, torch.Tensor], source: Path) -> None:
+    """model.json's mean and std are the source of truth; the copies the network keeps as buffers
+    (and so in the weights) must hold the same values, and the std must be positive."""
+    for name, declared in (("std", meta.std), ("mean", meta.mean)):
+        stored = [round(v, 6) for v in state[name].flatten().tolist()]
+        if name == "std" and not all(v > 0 for v in stored):
+            raise RunError(f"{source}: the normalisation std stored in the weights is {stored}; it must be positive")
+        expected = torch.tensor(declared, dtype=state[name].dtype)
+        if not torch.allclose(state[name].flatten(), expected, rtol=1e-6, atol=0.0):
+            raise RunError(f"{source}: the normalisation {name} stored in the weights {stored} differs from "
+                           f"{META}'s {list(declared)}; one of the two files was edited or belongs to another run")
 
 
 def _declared(source: Path, meta: RunMeta) -> dict:

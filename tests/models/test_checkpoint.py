@@ -105,3 +105,39 @@ def test_find_runs_lists_run_folders_under_a_root(tiny_run, tmp_path):
     (tmp_path / "a" / "b" / META).write_text("{}")
     (tmp_path / "link").symlink_to(tiny_run.parent)  # links are not followed
     assert find_runs(tmp_path) == sorted([tiny_run.resolve(), (tmp_path / "a" / "b").resolve()])
+
+
+def _rewrite_weights(run_path, **changed):
+    state = {k: v.contiguous() for k, v in load_run(run_path).model.state_dict().items()}
+    state.update(changed)
+    (run_path / WEIGHTS).write_bytes(safetensors.torch.save(state))
+    meta = json.loads((run_path / META).read_text())
+    meta["weights_sha256"] = ""  # reach the normalisation check past the hash check
+    (run_path / META).write_text(json.dumps(meta))
+
+
+def test_a_model_json_std_that_disagrees_with_the_weights_is_refused(tiny_run):
+    meta = json.loads((tiny_run / META).read_text())
+    meta["std"] = [5.0]  # edited by hand; the weights still hold 0.3081
+    (tiny_run / META).write_text(json.dumps(meta))
+    with pytest.raises(RunError, match=r"model\.safetensors: the normalisation std stored in the weights \[0\.3081\] "
+                                       r"differs from model\.json's \[5\.0\]"):
+        load_run(tiny_run)
+
+
+def test_a_zero_std_stored_in_the_weights_is_refused_at_load(tiny_run):
+    _rewrite_weights(tiny_run, std=torch.zeros(1, 1, 1, 1))
+    with pytest.raises(RunError, match=r"model\.safetensors: the normalisation std stored in the weights is \[0\.0\]; "
+                                       r"it must be positive"):
+        load_run(tiny_run)
+
+
+def test_every_shipped_run_agrees_with_its_model_json():
+    from conftest import REPO
+    from models import find_runs
+
+    runs = find_runs(REPO / "assets")
+    assert len(runs) >= 4
+    for path in runs:
+        run = load_run(path)  # refused if weights and model.json disagree
+        assert run.model.std.flatten().tolist() == pytest.approx(run.meta.std, rel=1e-6)
