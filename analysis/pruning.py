@@ -32,7 +32,7 @@ class Structure:
     full_macs: float
     params: float
     full_params: float
-    threshold: float  # gates <= threshold are pruned (-inf: nothing pruned)
+    threshold: float | None  # gates <= threshold are pruned (None: nothing pruned, or no gates ranked)
     met: bool  # achieved MACs within the tolerance of the target
     message: str  # a plain sentence on what was achieved
 
@@ -112,7 +112,7 @@ class StaticSearch:
         return Structure(
             target=target, widths=widths.tolist(), full_widths=self.full_widths.tolist(), macs=macs,
             full_macs=self.full_macs, params=self.costs.params_for_widths(widths), full_params=self.full_params,
-            threshold=float(self._sorted[k - 1]) if k > 0 else float("-inf"), met=bool(met), message=message,
+            threshold=float(self._sorted[k - 1]) if k > 0 else None, met=bool(met), message=message,
         )
 
 
@@ -127,7 +127,7 @@ def uniform_structure(costs: CostModel, target: float, *, tolerance: float = TOL
     goal = (1.0 - target) * full_macs
     return Structure(
         target=target, widths=widths.tolist(), full_widths=full.tolist(), macs=macs, full_macs=full_macs,
-        params=costs.params_for_widths(widths), full_params=costs.params_for_widths(full), threshold=float("nan"),
+        params=costs.params_for_widths(widths), full_params=costs.params_for_widths(full), threshold=None,
         met=bool(abs(macs - goal) <= tolerance * goal),
         message=f"every layer at x{1 - search / steps:.3f} of its width removes {1 - macs / full_macs:.1%} of the MACs",
     )

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from models import Decision, Network, RunMeta, constrain_, load_run, read_meta, save_run
-from models.files import atomic_write_bytes
+from models.files import atomic_write_bytes, dumps_json
 
 from . import distributed
 from .augment import augment_batch
@@ -104,6 +104,10 @@ def run_phase(
             "train_acc": totals["correct"] / totals["n"], "test_acc": test.accuracy,
             "test_macs_ratio": float(test.macs_ratio.mean()), "seconds": time.perf_counter() - t0,
         }
+        bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise TrainError(f"{phase.name} epoch {epoch + 1}: {', '.join(bad)} not finite; training diverged "
+                             f"(try a lower learning rate)")
         if main:
             _append_log(folder, record)
             _save_state(folder, model, optimizer, phase.config, epoch + 1)
@@ -171,7 +175,7 @@ def _train_epoch(model, net, batches, optimizer, penalty, augment: str, first_st
 def _append_log(folder: Path, record: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / LOG, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(dumps_json(record, indent=None) + "\n")
 
 
 def _save_state(folder: Path, model: Network, optimizer: torch.optim.Optimizer, cfg: dict, epoch: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -38,9 +39,43 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def dumps_json(obj: Any, *, indent: int | None = 2) -> str:
+    """``obj`` as standard JSON text. NaN and infinities have no JSON form (Python would write
+    ``NaN``/``-Infinity``, which strict parsers reject): a ValueError names the first such entry."""
+    try:
+        return json.dumps(obj, indent=indent, allow_nan=False)
+    except ValueError:
+        where = _non_finite(obj, "")
+        if where is None:
+            raise
+        raise ValueError(f"not standard JSON: {where[0] or 'the value'} is {where[1]}") from None
+
+
+def _non_finite(obj: Any, at: str) -> tuple[str, float] | None:
+    """The path (``a.b[2]``) and value of the first NaN or infinity inside ``obj``, or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return at, obj
+    if isinstance(obj, dict):
+        items = ((f"{at}.{k}" if at else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        items = ((f"{at}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for key, value in items:
+        found = _non_finite(value, key)
+        if found is not None:
+            return found
+    return None
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    """Write ``obj`` as indented standard JSON, atomically; a NaN or infinity inside it is a
+    ValueError naming the file and the entry, and nothing is written."""
+    try:
+        text = dumps_json(obj)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 @contextmanager

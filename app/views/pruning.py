@@ -1,7 +1,5 @@
 """Pruning: a target-reduction slider that reruns the threshold search live."""
 
-import json
-
 import numpy as np
 import streamlit as st
 
@@ -13,6 +11,7 @@ from app.state import (
     UPLOADS, get_mask_curve, get_mask_search, get_static_search, get_thresholded_outputs, sidebar, try_outputs,
 )
 from models import gated_convs
+from models.files import dumps_json
 
 run, _ = sidebar()
 sha, path = run.meta.weights_sha256, str(run.path)
@@ -36,9 +35,9 @@ def dynamic_slider() -> None:
     cols[2].metric("Accuracy without retraining", f"{pruned.accuracy:.2%}",
                    delta=f"{(pruned.accuracy - outputs.accuracy) * 100:+.2f} pt")
     cols[3].metric("Predicted from cached decisions", f"{found.predicted_ratio:.1%}")
-    st.download_button("Export threshold (JSON)", json.dumps({
+    st.download_button("Export threshold (JSON)", dumps_json({
         **found.__dict__, "evaluated_ratio": float(pruned.macs_ratio.mean()), "accuracy_without_retraining":
-        pruned.accuracy, "run": str(run.path), "weights_sha256": sha}, indent=2),
+        pruned.accuracy, "run": str(run.path), "weights_sha256": sha}),
         file_name=f"{run.path.name}-mask-threshold-p{round(p * 100)}.json", mime="application/json", key="export_mask")
     labels = [f"gate {i}" for i in range(len(gated_convs(run.model)))]
     chart(st, figures.width_bars(outputs.active.mean(0).tolist(), pruned.active.mean(0).tolist(), labels,
@@ -63,7 +62,7 @@ def static_slider() -> None:
     labels = [f"layer {i}" for i in range(len(s.widths))]
     chart(st, figures.width_bars(s.full_widths, s.widths, labels), key="static_bars")
     cols = st.columns(2)
-    cols[0].download_button("Export structure (JSON)", json.dumps(s.to_json(), indent=2),
+    cols[0].download_button("Export structure (JSON)", dumps_json(s.to_json()),
                             file_name=f"{run.path.name}-p{round(p * 100)}.json", mime="application/json")
     out = run.path.parent / f"{run.path.name}-pruned-p{round(p * 100)}"
     if cols[1].button(f"Build a pruned run folder ({out.name})", key="build_pruned"):

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +121,31 @@ def test_thresholding_the_masks_leaves_the_original_model_alone(dynamic_setup):
     # decisions may change after thresholding, so the counted ratio is near, not equal to, the prediction
     assert abs(evaluated.macs_ratio.mean() - r.predicted_ratio) < 0.05
     assert evaluated.macs_ratio.mean() < out.macs_ratio.mean()
+
+
+def _strict(text: str):
+    def refuse(name):
+        raise ValueError(f"not standard JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet20"])
+def test_target_zero_structures_are_standard_json_with_no_threshold(name):
+    costs = COSTS[name]
+    for s in (StaticSearch(costs, _random_gates(costs, 4))(0.0), uniform_structure(costs, 0.0)):
+        assert s.widths == s.full_widths
+        assert s.threshold is None  # nothing pruned: no gate value to name
+        _strict(json.dumps(s.to_json()))
+
+
+def test_a_structure_built_at_target_zero_writes_standard_json(tmp_path):
+    from analysis.scratch import save_structure
+    from models import RunMeta
+
+    costs = COSTS["small_cnn"]
+    source = RunMeta(arch="small_cnn", arch_args={"gated": False, "num_classes": 10, "in_channels": 1},
+                     dataset="mnist5k", class_names=[str(i) for i in range(10)], input_shape=[1, 28, 28],
+                     mean=[0.1307], std=[0.3081])
+    save_structure(source, StaticSearch(costs, _random_gates(costs, 5))(0.0), tmp_path / "built")
+    for name in ("structure.json", "model.json"):
+        _strict((tmp_path / "built" / name).read_text())
