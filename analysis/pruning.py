@@ -1,11 +1,13 @@
 """Threshold searches ("Pruning from Scratch") fast enough to rerun on every slider move.
 
 ``StaticSearch``: given one scalar gate per prunable channel, find the global threshold whose
-pruned structure (per-layer widths) meets a target MACs reduction. ``MaskSearch``: the same on
-a dynamic network's mask banks, against the mean counted MACs of a cached evaluation set.
-Both are analytic (widths and counts, no model is built) and exact over the candidates: the
-MACs of "prune the k smallest gates" only fall as k grows, so a binary search over k finds the
-structure closest to the target.
+pruned structure (per-layer widths) meets a target MACs reduction. Channels are ranked by gate;
+equal gates (clamped learning leaves many exact zeros) by the MACs one channel of their layer
+saves, most first; each layer's largest gate is never ranked, so every layer keeps a channel.
+``MaskSearch``: the same on a dynamic network's mask banks, against the mean counted MACs of a
+cached evaluation set. Both are analytic (widths and counts, no model is built) and exact over
+the candidates: the MACs of "prune the first k ranked gates" only fall as k grows, so a binary
+search over k finds the structure closest to the target.
 """
 
 from __future__ import annotations
@@ -32,9 +34,14 @@ class Structure:
     full_macs: float
     params: float
     full_params: float
-    threshold: float | None  # gates <= threshold are pruned (None: nothing pruned, or no gates ranked)
+    # The largest pruned gate (None: nothing pruned, or no gates ranked). Gates below it are pruned and
+    # gates above it kept, except each layer's largest gate, which is always kept; of the at_threshold
+    # gates equal to it, pruned_at_threshold are pruned, those whose channel saves the most MACs first.
+    threshold: float | None
     met: bool  # achieved MACs within the tolerance of the target
     message: str  # a plain sentence on what was achieved
+    at_threshold: int = 0  # ranked gates equal to the threshold
+    pruned_at_threshold: int = 0  # ... of which pruned (all of them: "gates <= threshold are pruned")
 
     @property
     def reduction(self) -> float:
@@ -78,19 +85,26 @@ class StaticSearch:
         if not np.isfinite(values).all():
             raise ValueError("gate values must be finite (found NaN or infinity)")
         layer = np.repeat(np.arange(len(full)), full)
-        order = np.argsort(values, kind="stable")
+        full_macs = costs.macs_for_widths(full)
+        # MACs one channel of each layer saves (both sides: its conv's output, the next layer's input)
+        saving = np.array([full_macs - costs.macs_for_widths(full - np.eye(len(full), dtype=np.int64)[i])
+                           for i in range(len(full))])
+        kept = np.zeros(len(values), dtype=bool)  # each layer's largest gate: never ranked
+        kept[np.cumsum(full) - full + [int(np.argmax(g)) for g in gates]] = True
+        ranked = np.flatnonzero(~kept)
+        order = ranked[np.lexsort((layer[ranked], -saving[layer[ranked]], values[ranked]))]
         self._sorted = values[order]
-        # row k: channels per layer pruned when the k smallest gates go -> widths = full - row
+        # row k: channels per layer pruned when the first k ranked gates go -> widths = full - row
         onehot = np.zeros((len(order) + 1, len(full)), dtype=np.int64)
         onehot[np.arange(1, len(order) + 1), layer[order]] = 1
         self._pruned = np.cumsum(onehot, axis=0)
         self.costs, self.full_widths, self.tolerance = costs, full, tolerance
-        self.full_macs = costs.macs_for_widths(full)
+        self.full_macs = full_macs
         self.full_params = costs.params_for_widths(full)
 
     def widths(self, k: int) -> np.ndarray:
-        """Widths after pruning the ``k`` smallest gates; every layer keeps at least one channel."""
-        return np.maximum(self.full_widths - self._pruned[k], 1)
+        """Widths after pruning the first ``k`` ranked gates; every layer keeps at least one channel."""
+        return self.full_widths - self._pruned[k]
 
     def __call__(self, target: float) -> Structure:
         """The structure whose MACs are closest to ``(1 - target) * full MACs``."""
@@ -98,7 +112,7 @@ class StaticSearch:
             raise ValueError(f"target reduction must be in [0, 1), got {target}")
         goal = (1.0 - target) * self.full_macs
         k = _closest(lambda i: self.costs.macs_for_widths(self.widths(i)), len(self._sorted), goal)
-        widths = self.widths(k)
+        widths, threshold = self.widths(k), float(self._sorted[k - 1]) if k > 0 else None
         macs = self.costs.macs_for_widths(widths)
         met = abs(macs - goal) <= self.tolerance * goal
         achieved = 1.0 - macs / self.full_macs
@@ -112,7 +126,9 @@ class StaticSearch:
         return Structure(
             target=target, widths=widths.tolist(), full_widths=self.full_widths.tolist(), macs=macs,
             full_macs=self.full_macs, params=self.costs.params_for_widths(widths), full_params=self.full_params,
-            threshold=float(self._sorted[k - 1]) if k > 0 else None, met=bool(met), message=message,
+            threshold=threshold, met=bool(met), message=message,
+            at_threshold=int((self._sorted == threshold).sum()) if k > 0 else 0,
+            pruned_at_threshold=int((self._sorted[:k] == threshold).sum()) if k > 0 else 0,
         )
 
 

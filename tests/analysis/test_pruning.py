@@ -149,3 +149,48 @@ def test_a_structure_built_at_target_zero_writes_standard_json(tmp_path):
     save_structure(source, StaticSearch(costs, _random_gates(costs, 5))(0.0), tmp_path / "built")
     for name in ("structure.json", "model.json"):
         _strict((tmp_path / "built" / name).read_text())
+
+
+def _clamped_gates(costs, seed):
+    """Gates as learning clamps them to [0, 1]: about a third exactly 0, a third exactly 1."""
+    return [np.clip(g * 3 - 1, 0, 1) for g in _random_gates(costs, seed)]
+
+
+def _channel_savings(costs) -> np.ndarray:
+    full = np.array(costs.source_widths)
+    return np.array([costs.macs_for_widths(full) - costs.macs_for_widths(full - np.eye(len(full), dtype=int)[i])
+                     for i in range(len(full))])
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet20", "vgg11"])
+@pytest.mark.parametrize("target", [0.02, 0.1, 0.3, 0.6])
+def test_the_reported_threshold_describes_the_structure_exactly_with_tied_gates(name, target):
+    costs = COSTS[name]
+    gates = _clamped_gates(costs, 7)
+    s = StaticSearch(costs, gates)(target)
+    t = s.threshold
+    pruned = np.array(s.full_widths) - np.array(s.widths)
+    assert t is not None and pruned.sum() > 0
+    # each layer keeps its largest gate; of the rest, every gate below t goes, every gate above stays,
+    # and s.pruned_at_threshold of the s.at_threshold gates equal to t go
+    rest = [np.delete(g, np.argmax(g)) for g in gates]
+    below = np.array([(g < t).sum() for g in rest])
+    at = np.array([(g == t).sum() for g in rest])
+    assert s.at_threshold == at.sum() and 0 < s.pruned_at_threshold <= s.at_threshold
+    assert (pruned >= below).all() and (pruned <= below + at).all()
+    assert (pruned - below).sum() == s.pruned_at_threshold
+    if s.pruned_at_threshold == s.at_threshold:
+        assert (pruned == np.array([(g <= t).sum() for g in rest])).all(), "gates <= threshold are exactly the pruned"
+
+
+def test_tied_gates_are_pruned_where_a_channel_saves_the_most_macs_not_in_layer_order():
+    costs = COSTS["small_cnn"]
+    gates = _clamped_gates(costs, 8)
+    s = StaticSearch(costs, gates)(0.02)  # far fewer channels than there are zero gates
+    rest = [np.delete(g, np.argmax(g)) for g in gates]
+    tied_pruned = np.array(s.full_widths) - np.array(s.widths) - np.array([(g < s.threshold).sum() for g in rest])
+    tied_kept = np.array([(g == s.threshold).sum() for g in rest]) - tied_pruned
+    assert s.threshold == 0.0 and tied_kept.sum() > 0
+    saving = _channel_savings(costs)
+    assert saving[tied_pruned > 0].min() >= saving[tied_kept > 0].max()
+    assert tied_pruned[np.argmax(saving)] > 0, "the costliest layer's zero gates go first, whatever its position"
