@@ -5,7 +5,7 @@
 >>> cost_model(net, (1, 28, 28)).static_macs
 """
 
-from . import chain, resnet  # noqa: F401  (register the architectures)
+from . import chain, reference_nets, resnet  # noqa: F401  (register the architectures)
 from .checkpoint import (
     Run, RunError, RunMeta, build_model, find_runs, load_run, read_meta, save_run, update_metrics,
 )

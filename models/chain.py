@@ -35,6 +35,7 @@ class ConvChain(Network):
         std: tuple[float, ...] | None = None,
         widths: list[int] | None = None,
         channel_gates: bool = False,
+        standardise: bool = True,  # decision units standardise pooled features (False: the papers' unit)
     ):
         super().__init__(in_channels=in_channels, mean=mean, std=std)
         default = [c for c in config if c != "M"]
@@ -46,7 +47,7 @@ class ConvChain(Network):
                 continue
             c_out = widths[len(convs)]
             convs.append(GatedConv(c_in, c_out, gated=gated and bool(convs), num_actions=num_actions,
-                                   channel_gate=channel_gates))
+                                   channel_gate=channel_gates, standardise=standardise))
             pools.append(False)
             c_in = c_out
         self.convs = nn.ModuleList(convs)

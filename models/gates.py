@@ -37,12 +37,14 @@ class DecisionUnit(nn.Module):
     The pooled features of different inputs share a large common part; standardising them
     (BatchNorm without affine terms, running statistics at inference) leaves the part that
     varies between inputs, so that unit-norm rows can still give logits far enough apart for
-    the choice to depend on the input rather than on the Gumbel noise.
+    the choice to depend on the input rather than on the Gumbel noise. ``standardise=False`` is
+    the papers' reference unit (no standardisation, no state besides the linear map), so that
+    checkpoints trained by their code load exactly.
     """
 
-    def __init__(self, in_channels: int, num_actions: int):
+    def __init__(self, in_channels: int, num_actions: int, *, standardise: bool = True):
         super().__init__()
-        self.norm = nn.BatchNorm1d(in_channels, affine=False)
+        self.norm = nn.BatchNorm1d(in_channels, affine=False) if standardise else nn.Identity()
         self.linear = nn.Linear(in_channels, num_actions, bias=False)
         nn.init.normal_(self.linear.weight)
         self.constrain_()
@@ -90,6 +92,7 @@ class GatedConv(nn.Module):
         gated: bool = False,
         num_actions: int = 40,
         channel_gate: bool = False,
+        standardise: bool = True,
     ):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
@@ -100,7 +103,7 @@ class GatedConv(nn.Module):
         # pruning from scratch: one scalar gate per output channel, in [0, 1], initialised to 1
         self.gate = nn.Parameter(torch.ones(out_channels)) if channel_gate else None
         if gated:
-            self.decision = DecisionUnit(in_channels, num_actions)
+            self.decision = DecisionUnit(in_channels, num_actions, standardise=standardise)
             self.bank = MaskBank(num_actions, out_channels)
         else:
             self.decision = None

@@ -17,10 +17,10 @@ class BasicBlock(nn.Module):
     """Two 3x3 convs; the gate sits on conv1's output, never on the residual stream."""
 
     def __init__(self, c_in: int, width: int, c_out: int, stride: int, *, gated: bool, num_actions: int,
-                 channel_gate: bool):
+                 channel_gate: bool, standardise: bool):
         super().__init__()
         self.conv1 = GatedConv(c_in, width, stride=stride, gated=gated, num_actions=num_actions,
-                               channel_gate=channel_gate)
+                               channel_gate=channel_gate, standardise=standardise)
         self.conv2 = GatedConv(width, c_out)
         self.shortcut = None
         if stride != 1 or c_in != c_out:
@@ -48,6 +48,7 @@ class ResNet(Network):
         std: tuple[float, ...] | None = None,
         widths: list[int] | None = None,
         channel_gates: bool = False,
+        standardise: bool = True,  # decision units standardise pooled features (False: the papers' unit)
     ):
         super().__init__(in_channels=in_channels, mean=mean, std=std)
         n = (depth - 2) // 6
@@ -58,7 +59,7 @@ class ResNet(Network):
         for i, c_out in enumerate(stages):
             stride = 2 if i > 0 and c_out != stages[i - 1] else 1
             blocks.append(BasicBlock(c_in, widths[i], c_out, stride, gated=gated, num_actions=num_actions,
-                                     channel_gate=channel_gates))
+                                     channel_gate=channel_gates, standardise=standardise))
             c_in = c_out
         self.blocks = nn.ModuleList(blocks)
         self.fc = nn.Linear(c_in, num_classes)

@@ -28,6 +28,7 @@ MAX_TEXT = 4096
 _ARGS = {
     "gated": (lambda v: isinstance(v, bool), "true or false"),
     "channel_gates": (lambda v: isinstance(v, bool), "true or false"),
+    "standardise": (lambda v: isinstance(v, bool), "true or false"),
     "num_classes": (lambda v: _int_in(v, 1, MAX_CLASSES), f"an integer in [1, {MAX_CLASSES}]"),
     "in_channels": (lambda v: _int_in(v, 1, MAX_CHANNELS_IN), f"an integer in [1, {MAX_CHANNELS_IN}]"),
     "num_actions": (lambda v: _int_in(v, 1, MAX_ACTIONS), f"an integer in [1, {MAX_ACTIONS}]"),
