@@ -76,3 +76,104 @@ def test_app_hands_its_runs_and_roots_to_the_page_and_binds_to_loopback(monkeypa
     main(["app", str(DEFAULT_RUN), "--max-upload-mb", "2"])
     assert launched["cmd"][launched["cmd"].index("--server.maxUploadSize") + 1] == "2"
     assert main(["app", "--root", str(tmp_path / "missing")]) == 1
+
+
+def _onnx_logits(file, images):
+    from models.export import onnx_logits, onnx_session
+
+    return onnx_logits(onnx_session(file.read_bytes()), images)
+
+
+def _test_images(run_path, n: int = 64):
+    import torch
+
+    from analysis.datasets import load_run_dataset
+    from models import read_meta
+
+    split = load_run_dataset(read_meta(run_path), "test")
+    return torch.stack([split.dataset[i][0] for i in range(n)])
+
+
+def _gates_run(path):
+    """An untrained small_cnn run with learned-gate slots (as `prune learn-gates` writes), gates random."""
+    import torch
+
+    from models import RunMeta, build_model, prunable_convs, save_run
+
+    meta = RunMeta(arch="small_cnn", arch_args={"gated": False, "channel_gates": True, "num_classes": 10,
+                                                "in_channels": 1}, dataset="mnist5k",
+                   class_names=[str(i) for i in range(10)], input_shape=[1, 28, 28], mean=[0.1307], std=[0.3081])
+    model = build_model(meta)
+    with torch.no_grad():
+        for conv in prunable_convs(model):
+            conv.gate.uniform_(0.05, 1.0)
+    save_run(path, model, meta)
+    return path
+
+
+def test_export_of_the_shipped_static_and_thresholded_dynamic_runs_equals_pytorch_in_onnxruntime(tmp_path, capsys):
+    import torch
+
+    from analysis.pruning import threshold_masks
+    from conftest import BASELINE_RUN
+    from models import load_run
+
+    assert main(["export", str(BASELINE_RUN), str(tmp_path / "baseline.onnx"), "--limit", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "equal to PyTorch's within 0.0001 on 200 test images" in out and "batch 64" in out
+    images = _test_images(BASELINE_RUN)
+    with torch.no_grad():
+        assert abs(_onnx_logits(tmp_path / "baseline.onnx", images) - load_run(BASELINE_RUN).model(images).numpy()).max() <= 1e-4
+
+    assert main(["export", str(DEFAULT_RUN), str(tmp_path / "dynamic.onnx"), "--mask-threshold", "0.5",
+                 "--limit", "200"]) == 0
+    assert "equal to PyTorch's" in capsys.readouterr().out
+    model = load_run(DEFAULT_RUN).model
+    exported = _onnx_logits(tmp_path / "dynamic.onnx", images)
+    with torch.no_grad():
+        thresholded, _ = threshold_masks(model, 0.5).decide(images)
+        untouched = model(images).numpy()
+    assert abs(exported - thresholded.numpy()).max() <= 1e-4
+    assert abs(exported - untouched).max() > 1e-2  # the threshold is in the file, not the trained masks
+
+
+def test_export_of_a_structure_built_by_prune_build_has_its_widths(tmp_path, capsys):
+    import json
+
+    import onnx
+
+    gates = _gates_run(tmp_path / "gates")
+    assert main(["prune", "build", str(gates), str(tmp_path / "pruned"), "--target", "0.5"]) == 0
+    widths = json.loads((tmp_path / "pruned" / "structure.json").read_text())["widths"]
+    assert main(["export", str(tmp_path / "pruned"), str(tmp_path / "pruned.onnx"), "--limit", "100"]) == 0
+    assert "equal to PyTorch's within 0.0001 on 100 test images" in capsys.readouterr().out
+    graph = onnx.load(tmp_path / "pruned.onnx").graph
+    weights = {t.name: list(t.dims) for t in graph.initializer}
+    assert [weights[n.input[1]][0] for n in graph.node if n.op_type == "Conv"] == widths
+    assert sum(widths) < 16 + 32 + 64 + 64 + 128  # thinned, not masked
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing run", "no such run folder"),
+    ("gates run", "not a pruned structure: build one with `gatescope prune build"),
+    ("threshold on a static run", "a mask threshold applies to dynamic runs"),
+    ("negative threshold", "must be a finite number >= 0"),
+    ("not .onnx", "should end in .onnx"),
+    ("no onnxruntime", "onnxruntime is not installed"),
+])
+def test_export_errors_are_one_line_and_write_nothing(case, expected, tmp_path, capsys, monkeypatch):
+    from conftest import BASELINE_RUN
+
+    out = tmp_path / "model.onnx"
+    args = {"missing run": [str(tmp_path / "nope"), str(out)],
+            "gates run": [str(_gates_run(tmp_path / "gates")), str(out)],
+            "threshold on a static run": [str(BASELINE_RUN), str(out), "--mask-threshold", "0.1"],
+            "negative threshold": [str(DEFAULT_RUN), str(out), "--mask-threshold", "-1"],
+            "not .onnx": [str(BASELINE_RUN), str(tmp_path / "model.pt")],
+            "no onnxruntime": [str(BASELINE_RUN), str(out)]}[case]
+    if case == "no onnxruntime":
+        monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    assert main(["export", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gatescope: error:") and expected in err and err.count("\n") == 1
+    assert not out.exists() and not (tmp_path / "model.pt").exists()
