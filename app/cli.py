@@ -100,25 +100,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="recompute everything")
     p.set_defaults(func=_analyze)
 
+    from models.official import ARCHS, FORMATS
+
     p = sub.add_parser("import", help="turn torch.save'd weights (.pt/.pth) into a run folder, safely",
                        description="Reads WEIGHTS with torch.load(weights_only=True): tensors only, nothing "
                                    "in the file is executed. The architecture, classes and normalisation come "
-                                   "from the run folder given with --like.")
-    p.add_argument("weights", type=Path, help="a .pt/.pth state dict")
+                                   "from the run folder given with --like, or, for a file of the papers' code "
+                                   "(--from), from --arch and --classes. "
+                                   + " ".join(f"{k}: {v}." for k, v in FORMATS.items()))
+    p.add_argument("weights", type=Path, help="a .pt/.pth state dict, or the --from code's checkpoint or gates file")
     p.add_argument("out", type=Path, help="run folder to write")
-    p.add_argument("--like", type=Path, required=True, help="a run folder whose model.json describes these weights")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--like", type=Path, help="a run folder whose model.json describes these weights")
+    source.add_argument("--from", dest="official", choices=list(FORMATS), help="the papers' code that wrote WEIGHTS")
+    p.add_argument("--arch", choices=list(ARCHS), help="with --from: the reference architecture WEIGHTS holds")
+    p.add_argument("--classes", choices=["cifar10"], default="cifar10",
+                   help="with --from: the dataset the network was trained on (default: cifar10)")
     p.set_defaults(func=_import)
-
-    p = sub.add_parser("export", help="write a run as an ONNX file, checked against PyTorch in onnxruntime",
-                       description="A static or pruned run (prune build) exports as it is; a dynamic run exports "
-                                   "with its decisions inside the graph. OUT is written only when onnxruntime's "
-                                   "logits equal PyTorch's within 1e-4 on the run's test split.")
-    p.add_argument("run", type=Path)
-    p.add_argument("out", type=Path, help="the .onnx file to write")
-    p.add_argument("--mask-threshold", type=float, default=None, metavar="T",
-                   help="dynamic runs: mask entries below T become 0 (default: the masks as trained)")
-    p.add_argument("--limit", type=int, default=0, help="check on the first N test images only (default: all)")
-    p.set_defaults(func=_export)
 
     p = sub.add_parser("list", help="registered architectures, dataset kinds, attacks and detectors")
     p.set_defaults(func=_list)
@@ -250,25 +248,17 @@ def _import(args: argparse.Namespace) -> int:
     from models import read_meta
     from models.convert import import_torch_weights
 
-    meta = import_torch_weights(args.weights, read_meta(args.like), args.out)
+    if args.official:
+        from analysis.datasets import CIFAR10_CLASSES
+        from models.official import ARCHS, import_official
+
+        if args.arch is None:
+            raise ValueError(f"--from {args.official} needs --arch (one of {', '.join(ARCHS)})")
+        meta = import_official(args.weights, args.out, fmt=args.official, arch=args.arch, dataset=args.classes,
+                               class_names=CIFAR10_CLASSES)
+    else:
+        meta = import_torch_weights(args.weights, read_meta(args.like), args.out)
     print(f"wrote {args.out} ({meta.arch}, weights SHA-256 {meta.weights_sha256[:12]}...)")
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from analysis.deploy import export_run, onnx_latency
-    from models import read_meta
-    from models.export import ExportError
-
-    try:
-        check = export_run(args.run, args.out, mask_threshold=args.mask_threshold, limit=args.limit)
-        latency = onnx_latency(args.out.read_bytes(), tuple(read_meta(args.run).input_shape))
-    except ExportError as e:
-        print(f"gatescope: error: {e}", file=sys.stderr)
-        return 1
-    times = ", ".join(f"batch {r['batch_size']} {r['ms']:.3g} ms" for r in latency["rows"])
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB): {check.message}\n"
-          f"measured in onnxruntime {latency['onnxruntime']} on {latency['threads']} threads (median per call): {times}")
     return 0
 
 

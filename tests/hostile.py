@@ -66,7 +66,7 @@ def bad_runs(marker):
 
 REFUSED_BECAUSE = {
     "corrupt weights": "not a readable safetensors file", "weights of another file": "SHA-256 differs",
-    "not JSON": "not valid JSON", "foreign JSON": "expected a JSON object", "unknown architecture": "known: resnet20",
+    "not JSON": "not valid JSON", "foreign JSON": "expected a JSON object", "unknown architecture": "resnet20, resnet56, small_cnn",
     "absurd size": "arch_args.widths", "NaN weights": "NaN or infinite", "pickle payload": "refused: not a plain weights file",
     "random .pt": "not a plain weights file|not a readable torch weights file",
 }

@@ -34,7 +34,7 @@ def test_a_foreign_json_in_a_run_is_reported_in_the_page(open_app, tmp_path):
     meta["arch"] = "transformer"
     (odd / "model.json").write_text(json.dumps(meta))
     at = open_app(odd)
-    assert "known: resnet20" in at.error[0].value
+    assert "known: ref_resnet20, ref_resnet56" in at.error[0].value
 
 
 def test_a_run_naming_its_dataset_without_a_folder_asks_for_one_under_the_roots(open_app, monkeypatch, tmp_path):

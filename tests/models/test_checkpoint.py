@@ -77,7 +77,7 @@ def test_unknown_architecture_lists_the_known_ones(tiny_run):
     meta = json.loads((tiny_run / META).read_text())
     meta["arch"] = "resnet21"
     (tiny_run / META).write_text(json.dumps(meta))
-    with pytest.raises(RunError, match=r"model\.json: \"arch\" is 'resnet21'; known: resnet20"):
+    with pytest.raises(RunError, match=r"model\.json: \"arch\" is 'resnet21'; known: ref_resnet20"):
         read_meta(tiny_run)
 
 
