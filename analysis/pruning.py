@@ -27,11 +27,12 @@ TOLERANCE = 1e-3  # relative distance to the target MACs that counts as meeting 
 class Structure:
     """A pruned structure found by :class:`StaticSearch`."""
 
-    target: float  # requested MACs reduction p (0.5 removes half the MACs)
+    target: float  # requested MACs reduction p against reference_macs (0.5 removes half the MACs)
     widths: list[int]  # per prunable layer
     full_widths: list[int]
     macs: float
     full_macs: float
+    reference_macs: float  # what p is measured against: the unexpanded network's MACs (full_macs unless widened)
     params: float
     full_params: float
     # The largest pruned gate (None: nothing pruned, or no gates ranked). Gates below it are pruned and
@@ -45,8 +46,8 @@ class Structure:
 
     @property
     def reduction(self) -> float:
-        """Achieved MACs reduction."""
-        return 1.0 - self.macs / self.full_macs
+        """Achieved MACs reduction against ``reference_macs``."""
+        return 1.0 - self.macs / self.reference_macs
 
     def to_json(self) -> dict:
         return {**self.__dict__, "reduction": self.reduction}
@@ -73,11 +74,16 @@ def _closest(values_at, n: int, target: float) -> int:
 class StaticSearch:
     """Global gate-threshold search over one architecture's prunable layers.
 
+    ``reference_macs``: what a target reduction is measured against; gates learned on a widened
+    network (``--expansion``) pass the unexpanded network's MACs, as the reference code does, so
+    that p = 0.5 keeps half of the original network's MACs. Default: the searched network's own.
+
     >>> search = StaticSearch(cost_model(net, (3, 32, 32)), gates)  # gates: one array per layer
     >>> search(0.5).widths
     """
 
-    def __init__(self, costs: CostModel, gates: list[np.ndarray], *, tolerance: float = TOLERANCE):
+    def __init__(self, costs: CostModel, gates: list[np.ndarray], *, tolerance: float = TOLERANCE,
+                 reference_macs: float | None = None):
         full = np.array(costs.source_widths)
         if len(gates) != len(full) or any(len(g) != w for g, w in zip(gates, full)):
             raise ValueError(f"gates have sizes {[len(g) for g in gates]}; the prunable layers have {full.tolist()}")
@@ -100,6 +106,9 @@ class StaticSearch:
         self._pruned = np.cumsum(onehot, axis=0)
         self.costs, self.full_widths, self.tolerance = costs, full, tolerance
         self.full_macs = full_macs
+        self.reference_macs = float(full_macs if reference_macs is None else reference_macs)
+        if not self.reference_macs > 0:
+            raise ValueError(f"reference_macs must be positive, got {reference_macs}")
         self.full_params = costs.params_for_widths(full)
 
     def widths(self, k: int) -> np.ndarray:
@@ -107,25 +116,30 @@ class StaticSearch:
         return self.full_widths - self._pruned[k]
 
     def __call__(self, target: float) -> Structure:
-        """The structure whose MACs are closest to ``(1 - target) * full MACs``."""
+        """The structure whose MACs are closest to ``(1 - target) * reference MACs``."""
         if not 0.0 <= target < 1.0:
             raise ValueError(f"target reduction must be in [0, 1), got {target}")
-        goal = (1.0 - target) * self.full_macs
+        goal = (1.0 - target) * self.reference_macs
         k = _closest(lambda i: self.costs.macs_for_widths(self.widths(i)), len(self._sorted), goal)
         widths, threshold = self.widths(k), float(self._sorted[k - 1]) if k > 0 else None
         macs = self.costs.macs_for_widths(widths)
         met = abs(macs - goal) <= self.tolerance * goal
-        achieved = 1.0 - macs / self.full_macs
+        achieved = 1.0 - macs / self.reference_macs
+        of = "the MACs" if self.reference_macs == self.full_macs else "the unexpanded network's MACs"
         if met:
-            message = f"removes {achieved:.1%} of the MACs (target {target:.1%})"
+            message = f"removes {achieved:.1%} of {of} (target {target:.1%})"
+        elif macs < goal and k == 0:
+            met = True  # the budget is a ceiling the unpruned network already stays under
+            message = f"nothing to prune: the network already removes {achieved:.1%} of {of} (target {target:.1%})"
         elif macs > goal and k == len(self._sorted):
             message = (f"target {target:.1%} cannot be met: with one channel left per layer the network "
-                       f"still needs {macs / self.full_macs:.1%} of its MACs (removes {achieved:.1%})")
+                       f"still needs {macs / self.reference_macs:.1%} of {of} (removes {achieved:.1%})")
         else:
-            message = (f"target {target:.1%} falls between two structures; the closest removes {achieved:.1%}")
+            message = f"target {target:.1%} falls between two structures; the closest removes {achieved:.1%} of {of}"
         return Structure(
             target=target, widths=widths.tolist(), full_widths=self.full_widths.tolist(), macs=macs,
-            full_macs=self.full_macs, params=self.costs.params_for_widths(widths), full_params=self.full_params,
+            full_macs=self.full_macs, reference_macs=self.reference_macs, params=self.costs.params_for_widths(widths),
+            full_params=self.full_params,
             threshold=threshold, met=bool(met), message=message,
             at_threshold=int((self._sorted == threshold).sum()) if k > 0 else 0,
             pruned_at_threshold=int((self._sorted[:k] == threshold).sum()) if k > 0 else 0,
@@ -143,6 +157,7 @@ def uniform_structure(costs: CostModel, target: float, *, tolerance: float = TOL
     goal = (1.0 - target) * full_macs
     return Structure(
         target=target, widths=widths.tolist(), full_widths=full.tolist(), macs=macs, full_macs=full_macs,
+        reference_macs=full_macs,
         params=costs.params_for_widths(widths), full_params=costs.params_for_widths(full), threshold=None,
         met=bool(abs(macs - goal) <= tolerance * goal),
         message=f"every layer at x{1 - search / steps:.3f} of its width removes {1 - macs / full_macs:.1%} of the MACs",

@@ -12,11 +12,11 @@ from typing import Callable
 
 import torch
 
-from models import RunMeta, build_model, cost_model, create_model, load_run, prunable_convs, save_run
+from models import Run, RunMeta, build_model, cost_model, create_model, load_run, prunable_convs, save_run
 from models.files import atomic_write_json
 
 from .datasets import load_dataset
-from .pruning import StaticSearch, Structure, channel_gates
+from .pruning import StaticSearch, Structure, channel_gates, static_gates
 from .trainer import Phase, TrainError, run_phase
 from .training import adamw, run_meta
 
@@ -90,17 +90,35 @@ def learn_gates(
                      log=log, command=command)
 
 
+def reference_macs(run: Run) -> float:
+    """The MACs a pruning ratio p of ``run`` is measured against: for learned channel gates, the
+    architecture at its default widths (gates learned with ``--expansion`` != 1 sit on a widened
+    network, which must shed its extra width too, as in the reference code); for any other run,
+    the run's own network."""
+    costs = cost_model(run.model, tuple(run.meta.input_shape))
+    if not run.meta.arch_args.get("channel_gates"):
+        return float(costs.ungated_macs)
+    return costs.macs_for_widths(default_widths(run.meta.arch, run.meta.input_shape[0]))
+
+
+def structure_search(run: Run) -> tuple[StaticSearch, str]:
+    """The structure search of ``run`` (learned gates, else BatchNorm-scale importance), its targets
+    measured against :func:`reference_macs`; and which ranking it uses. The CLI, the app and
+    ``prune build`` all search through this, so p means the same everywhere.
+
+    >>> search, source = structure_search(load_run("runs/gates"))
+    >>> search(0.5).widths
+    """
+    gates, source = static_gates(run.model)
+    costs = cost_model(run.model, tuple(run.meta.input_shape))
+    return StaticSearch(costs, gates, reference_macs=reference_macs(run)), source
+
+
 def search_structure(gates_run: str | Path, target: float) -> Structure:
     """The structure meeting ``target`` (MACs reduction of the unexpanded network) from learned gates."""
     run = load_run(gates_run)
-    costs = cost_model(run.model, tuple(run.meta.input_shape))
-    search = StaticSearch(costs, channel_gates(run.model))
-    base = costs.macs_for_widths(default_widths(run.meta.arch, run.meta.input_shape[0]))
-    # an expanded network must shed its extra width too: the budget is (1 - p) x the original's MACs
-    effective = 1.0 - (1.0 - target) * base / search.full_macs
-    if effective < 0:
-        raise TrainError(f"target {target} keeps more MACs than the expanded network has")
-    return replace(search(effective), target=target)
+    channel_gates(run.model)  # raises when the run has no learned gates
+    return structure_search(run)[0](target)
 
 
 def build_pruned(gates_run: str | Path, target: float, out: str | Path, *, seed: int = 0) -> tuple[Structure, RunMeta]:
@@ -121,6 +139,12 @@ def save_structure(source: RunMeta, structure: Structure, out: str | Path, *, se
     return meta
 
 
+def scratch_b_epochs(structure: dict | None, base_epochs: int) -> int:
+    """Scratch-B's budget for a built ``structure`` (its structure.json; None: unpruned):
+    ``base_epochs / (1 - p)``, rounded up, with p the structure's target reduction."""
+    return math.ceil(base_epochs / (1.0 - (structure["target"] if structure else 0.0)))
+
+
 def train_pruned(
     built_run: str | Path, out: str | Path, config: ScratchConfig, *, progress: bool = True,
     log: Callable[[str], None] = print, command: str = "",
@@ -129,7 +153,7 @@ def train_pruned(
     built = load_run(built_run)
     structure = built.meta.metrics.get("structure")
     target = structure["target"] if structure else 0.0
-    epochs = math.ceil(config.base_epochs / (1.0 - target))
+    epochs = scratch_b_epochs(structure, config.base_epochs)
     train_split, test_split = load_dataset(built.meta.dataset, "train"), load_dataset(built.meta.dataset, "test")
     torch.manual_seed(config.seed)
     model = build_model(built.meta)  # fresh random weights, the built structure

@@ -195,13 +195,11 @@ def get_mask_search(path: str, weights_sha256: str):
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def get_static_search(path: str, weights_sha256: str):
-    """The structure search of a run (learned gates, else BN-scale importance) and its source."""
-    from analysis.pruning import StaticSearch, static_gates
-    from models import cost_model
+    """The structure search of a run (learned gates, else BN-scale importance) and its source;
+    targets mean what they mean in the CLI (against the unexpanded network)."""
+    from analysis.scratch import structure_search
 
-    run = get_run(path)
-    gates, source = static_gates(run.model)
-    return StaticSearch(cost_model(run.model, tuple(run.meta.input_shape)), gates), source
+    return structure_search(get_run(path))
 
 
 @st.cache_data(show_spinner="Sweeping thresholds...", max_entries=8)

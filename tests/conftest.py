@@ -61,6 +61,31 @@ def tiny_run(tmp_path) -> Path:
 
 
 @pytest.fixture
+def expanded_gates_run(tmp_path) -> Path:
+    """A small_cnn gates run learned on a network widened twofold (``--expansion 2``), with random
+    gates in [0, 1] instead of learned ones (the search only reads their order)."""
+    import numpy as np
+
+    from models import RunMeta, build_model, prunable_convs, save_run
+
+    widths = [32, 64, 128, 128, 256]  # small_cnn's [16, 32, 64, 64, 128] x 2
+    meta = RunMeta(
+        arch="small_cnn", arch_args={"gated": False, "num_classes": 10, "in_channels": 1, "channel_gates": True,
+                                     "widths": widths},
+        dataset="mnist5k", class_names=[str(i) for i in range(10)], input_shape=[1, 28, 28], mean=[0.1307],
+        std=[0.3081], training={"seed": 0, "config": {"expansion": 2.0}},
+    )
+    model = build_model(meta)
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for conv in prunable_convs(model):
+            conv.gate.copy_(torch.from_numpy(rng.random(conv.gate.numel())))
+    path = tmp_path / "gates-x2"
+    save_run(path, model, meta)
+    return path
+
+
+@pytest.fixture
 def open_app(monkeypatch):
     """``open_app(*runs, page=None)``: the Streamlit app (AppTest) started on ``runs`` (default:
     the shipped model), optionally switched to ``page`` (e.g. "views/pruning.py"); asserts that

@@ -48,3 +48,15 @@ def test_build_button_writes_a_loadable_pruned_run_next_to_the_run(open_app, tmp
     structure = built.meta.metrics["structure"]
     assert cost_model(built.model, (1, 28, 28)).ungated_macs == structure["macs"]
     assert "gatescope prune train" in at.success[-1].value
+
+
+def test_static_slider_on_gates_learned_wider_means_the_same_p_as_the_cli(open_app, expanded_gates_run):
+    from analysis.scratch import search_structure
+
+    at = open_app(expanded_gates_run, page=PAGE)
+    assert "learned channel gates" in at.caption[0].value
+    at.slider(key="static_target").set_value(0.5).run()
+    assert not at.exception
+    message = [e.value for e in (*at.success, *at.warning)][0]
+    assert message == search_structure(expanded_gates_run, 0.5).message
+    assert "target 50.0%" in message and "of the unexpanded network's MACs" in message
