@@ -74,8 +74,16 @@ def test_without_data_the_app_shows_the_card_and_says_what_data_it_needs(open_ap
 def test_the_shipped_detection_audit_is_on_the_detection_page(open_app, monkeypatch):
     monkeypatch.setenv(DATA_ENV, "")
     at = open_app(CIFAR_RUN, page="views/detection.py")
+    assert not at.warning, "the shipped audit is today's format, not an older one"
     table = at.dataframe[0].value
-    assert set(table["attack"]) == {"fgsm", "bim", "pgd", "deepfool", "cw_l2"}
-    assert set(table["detector"]) == {"decision-logreg", "decision-gbm", "kd-bu", "lid", "mahalanobis"}
+    minimal, confident = {"deepfool", "cw_l2"}, {"pgd_margin", "cw_l2_k10", "cw_l2_k20"}
+    assert set(table["attack"]) == {"fgsm", "bim", "pgd"} | minimal | confident
+    assert {"margin", "msp", "mahalanobis-lee", "mahalanobis", "kd-bu", "kd-bu:fixed", "lid", "lid:fixed",
+            "decision-logreg", "decision-class+lp", "decision-class+margin"} <= set(table["detector"])
     assert table["ROC-AUC"].between(0, 1).all() and (table["test clean / adversarial"] != "").all()
-    assert table[table["attack"] == "pgd"]["adaptive ROC-AUC"].notna().any()
+    pgd = table[table["attack"] == "pgd"]
+    assert pgd["adaptive ROC-AUC"].notna().sum() == len(pgd)  # every detector attacked adaptively
+    # what the README says of the shipped audit: the margin gives minimal attacks away, not confident ones
+    auc = table.set_index(["attack", "detector"])["ROC-AUC"]
+    assert min(auc[a, "margin"] for a in minimal) > 0.95 and max(auc[a, "margin"] for a in confident) < 0.5
+    assert any("Compute as an attack surface" in s.value for s in at.subheader)
