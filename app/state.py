@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -14,13 +15,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from analysis import DatasetError, NonFiniteError, Outputs, collect
-from analysis.datasets import DATA_ENV, ROOTLESS, data_roots, load_dataset, load_run_dataset
+from analysis.datasets import CIFAR10_CLASSES, DATA_ENV, ROOTLESS, data_roots, load_dataset, load_run_dataset
 from app.roots import PathError, command_line_runs, resolve_within, roots
 from models import Run, RunError, find_runs, load_run, read_meta
 from models.convert import import_torch_weights
+from models.official import ARCHS, FORMATS, import_official
 from models.files import atomic_write_bytes
 
 UPLOADS = Path(tempfile.gettempdir()) / "gatescope-uploads"  # uploaded runs, one folder per content hash
+RUN_FORMAT = "gatescope run"  # the upload format choices: this, then models.official.FORMATS
 DEFAULT_RUN = Path(__file__).resolve().parent.parent / "assets" / "mnist5k" / "dynamic"
 
 
@@ -69,9 +72,40 @@ def store_uploaded_run(weights_name: str, weights: bytes, meta: bytes) -> Path:
     return folder
 
 
+def store_official_upload(fmt: str, arch: str, name: str, data: bytes) -> Path:
+    """Check an uploaded file of the papers' code (``fmt`` one of :data:`models.official.FORMATS`,
+    a CIFAR-10 network ``arch``) and keep it, imported, as a run folder in the uploads cache;
+    raises RunError. As :func:`store_uploaded_run`, a bad upload leaves nothing behind."""
+    folder = UPLOADS / hashlib.sha256(f"{fmt}\0{arch}\0".encode() + data).hexdigest()[:16]
+    if (folder / "model.json").is_file():
+        return folder
+    UPLOADS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=UPLOADS, prefix=".check-", ignore_cleanup_errors=True) as tmp:
+        tmp = Path(tmp)
+        file = tmp / (re.sub(r"[^\w.-]", "_", Path(name).name)[:100].lstrip(".") or "upload")
+        atomic_write_bytes(file, data)
+        try:
+            import_official(file, tmp, fmt=fmt, arch=arch, dataset="cifar10", class_names=CIFAR10_CLASSES)
+            file.unlink()
+            load_run(tmp)
+        except RunError as e:
+            raise RunError(str(e).replace(str(tmp) + os.sep, "")) from None
+        try:
+            tmp.rename(folder)
+        except OSError:  # another session stored the same upload first
+            pass
+    return folder
+
+
 def _upload_run() -> None:
-    """Sidebar form: uploaded weights + model.json become a run folder of this session."""
+    """Sidebar form: uploaded weights + model.json, or a file of the papers' code, become a run
+    folder of this session."""
     with st.sidebar.expander("Open an uploaded run"):
+        fmt = st.selectbox("Format", [RUN_FORMAT, *FORMATS], key="upload_format",
+                           help="; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
+        if fmt != RUN_FORMAT:
+            _upload_official(fmt)
+            return
         weights = st.file_uploader("Weights (model.safetensors, or a .pt/.pth state dict)",
                                    type=["safetensors", "pt", "pth"], key="upload_weights")
         meta = st.file_uploader("model.json", type=["json"], key="upload_meta")
@@ -84,6 +118,21 @@ def _upload_run() -> None:
             return
         _add_run(folder)
         st.success("Uploaded run added to the Run list.")
+
+
+def _upload_official(fmt: str) -> None:
+    arch = st.selectbox("Architecture (CIFAR-10)", list(ARCHS), key="upload_arch")
+    data = st.file_uploader(f"{fmt} file ({FORMATS[fmt].split(' of ')[0]})", type=["tar", "pth", "pt", "pkl"],
+                            key="upload_official")
+    if data is None:
+        return
+    try:
+        folder = store_official_upload(fmt, arch, data.name, data.getvalue())
+    except RunError as e:
+        st.error(f"This upload is not a usable {fmt} {arch} file: {e}")
+        return
+    _add_run(folder)
+    st.success(f"Imported {fmt} {arch} added to the Run list.")
 
 
 def _open_path() -> None:

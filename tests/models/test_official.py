@@ -1,5 +1,5 @@
 """Checkpoints in the papers' released layouts: imported runs compute what the reference forward
-pass (re-implemented in tests/models/reference_code.py) computes, and bad files are named."""
+pass (re-implemented in tests/reference_code.py) computes, and bad files are named."""
 
 from __future__ import annotations
 
