@@ -177,3 +177,40 @@ def test_export_errors_are_one_line_and_write_nothing(case, expected, tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("gatescope: error:") and expected in err and err.count("\n") == 1
     assert not out.exists() and not (tmp_path / "model.pt").exists()
+
+
+def test_import_from_the_dynamic_pruning_code_writes_a_run_that_says_where_it_came_from(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from reference_code import images, normalise, reference
+    from models import load_run
+
+    net = reference("resnet20", k=4)
+    torch.save({"epoch": 5, "state_dict": net.state_dict()}, tmp_path / "checkpoint.pth.tar")
+    out = tmp_path / "run"
+    assert main(["import", str(tmp_path / "checkpoint.pth.tar"), str(out), "--from", "dynamic-pruning",
+                 "--arch", "resnet20", "--classes", "cifar10"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    training = json.loads((out / "model.json").read_text())["training"]
+    assert (training["imported_format"], training["imported_arch"], training["imported_epoch"]) == (
+        "dynamic-pruning", "resnet20", 5)
+    x = images(4)
+    with torch.no_grad():
+        torch.testing.assert_close(load_run(out).model(x), net(normalise(x))[0], rtol=0, atol=1e-5)
+
+
+def test_import_from_without_arch_or_of_the_wrong_arch_is_one_clear_error(tmp_path, capsys):
+    import torch
+
+    from reference_code import reference
+
+    torch.save({"state_dict": reference("resnet20", k=4).state_dict()}, tmp_path / "c.pth.tar")
+    assert main(["import", str(tmp_path / "c.pth.tar"), str(tmp_path / "a"), "--from", "dynamic-pruning"]) == 1
+    assert "needs --arch" in capsys.readouterr().err
+    assert main(["import", str(tmp_path / "c.pth.tar"), str(tmp_path / "b"), "--from", "dynamic-pruning",
+                 "--arch", "vgg16"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a dynamic-pruning vgg16 checkpoint: missing feature.0.conv.weight" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
