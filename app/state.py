@@ -288,6 +288,13 @@ def get_analysis(path: str, weights_sha256: str, name: str) -> dict | None:
     return store.data(name) if store.params(name) is not None else None
 
 
+def get_analysis_params(path: str, weights_sha256: str, name: str) -> dict | None:
+    """The parameters a stored analysis entry was computed with (its split, limit, ...)."""
+    from analysis.store import AnalysisStore
+
+    return AnalysisStore(get_run(path)).params(name)
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def get_analysis_table(path: str, weights_sha256: str, name: str, key: str) -> pd.DataFrame | None:
     """A stored analysis table (None when absent or stale)."""
