@@ -7,7 +7,7 @@ from analysis.adversarial.audit import audit_table, upgraded
 from analysis.adversarial.compute_attack import compute_table
 from analysis.adversarial.protocol import confusion_at
 from app import audit_figures, figures
-from app.state import get_analysis, get_analysis_table, missing_analysis, sidebar
+from app.state import get_analysis, get_analysis_params, get_analysis_table, missing_analysis, sidebar
 from app.widgets import chart
 
 run, _ = sidebar()
@@ -24,7 +24,10 @@ if results["format"] < 3:
                f"recomputes the full audit.")
 
 table = audit_table(results)
-st.caption(f"Successful attacks only. Clean and attacked versions of an image fall on the same side of a "
+params = get_analysis_params(path, sha, "detection") or {}
+analysed = f"its first {params['limit']:,} images" if params.get("limit") else "all its images"
+st.caption(f"The `{params.get('split', '?')}` split, {analysed}. "
+           f"Successful attacks only. Clean and attacked versions of an image fall on the same side of a "
            f"{results['split']['train']}/{results['split']['test']} split of the analysed images; detectors train on the training side, choose hyperparameters on a validation part of it, and "
            f"every figure below is on the test side (counts in the table), with bootstrap 95% intervals.")
 
@@ -68,7 +71,8 @@ attack = st.selectbox("Attack", attacks, key="detection_attack")
 s = results["attacks"][attack]
 st.markdown(f"**{attack}** ({s['kind']}): {s['success_rate']:.1%} of {s['attacked']} correctly classified inputs "
             f"flipped; mean L2 {s['mean_l2']:.3f}, mean L-inf {s['mean_linf']:.4f}, median logit margin of the "
-            f"adversarials {s['median_margin'] if s['median_margin'] is not None else 'not recorded'}; parameters `{s['params']}`.")
+            f"adversarials {'not recorded' if s['median_margin'] is None else format(s['median_margin'], '.2f')}; "
+            f"parameters `{s['params']}`.")
 detectors = {d: m for d, m in s["detectors"].items() if d in view["detector"].values}
 left, right = st.columns(2)
 chart(left, audit_figures.roc_curves(detectors), key="roc")
@@ -107,8 +111,10 @@ if compute:
     st.markdown("A dynamic network's cost depends on its input. The compute attack maximises the counted MACs "
                 "within an L-inf ball (through the relaxed decisions); figures are the exact counted MACs of the "
                 "argmax decisions, before and after.")
-    st.dataframe(compute_table(compute), hide_index=True, column_config={
-        c: st.column_config.NumberColumn(format="%.3f") for c in compute_table(compute).columns if "ratio" in c})
+    ctable = compute_table(compute)
+    st.dataframe(ctable, hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format="%.3f" if "ratio" in c else "percent")
+        for c in ctable.columns if c not in ("eps", "inputs")})
     label = st.selectbox("Budget", list(compute["results"]), index=len(compute["results"]) - 1, key="compute_eps")
     chart(st, audit_figures.compute_histogram(compute, label), key="compute_hist")
 
