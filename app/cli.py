@@ -194,7 +194,7 @@ def _learn_gates(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from analysis.pruning import MaskSearch, mask_banks
+    from analysis.pruning import MaskSearch, mask_banks, refined_mask_threshold
     from analysis.scratch import search_structure
     from models import cost_model, load_run
 
@@ -207,9 +207,11 @@ def _search(args: argparse.Namespace) -> int:
         from analysis import collect
         from analysis.datasets import load_run_dataset
 
-        out = collect(run.model, load_run_dataset(run.meta, "test"))
-        t = MaskSearch(cost_model(run.model, tuple(run.meta.input_shape)), mask_banks(run.model), out.paths)(args.target)
-        print(t.message)
+        split = load_run_dataset(run.meta, "test")
+        out = collect(run.model, split)
+        search = MaskSearch(cost_model(run.model, tuple(run.meta.input_shape)), mask_banks(run.model), out.paths)
+        t, pruned = refined_mask_threshold(run.model, split, search, args.target)
+        print(f"{t.message}\naccuracy without retraining {pruned.accuracy:.4f} (unthresholded {out.accuracy:.4f})")
     else:
         print(f"gatescope: error: {args.run} has neither channel gates nor mask banks", file=sys.stderr)
         return 1

@@ -260,13 +260,15 @@ def get_mask_curve(path: str, weights_sha256: str, targets: tuple[float, ...]) -
     return pd.DataFrame(mask_threshold_curve(run.model, split, get_mask_search(path, weights_sha256), targets))
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def get_thresholded_outputs(path: str, weights_sha256: str, threshold: float) -> Outputs:
-    """Outputs on the test split of the run with mask entries below ``threshold`` set to 0."""
-    from analysis.pruning import threshold_masks
+@st.cache_data(show_spinner="Evaluating the threshold on the model's own decisions...", max_entries=64)
+def get_mask_threshold(path: str, weights_sha256: str, target: float):
+    """The mask threshold for ``target`` re-searched on the thresholded model's own test-split
+    decisions, and that model's outputs (:func:`analysis.pruning.refined_mask_threshold`)."""
+    from analysis.pruning import refined_mask_threshold
 
     run = get_run(path)
-    return collect(threshold_masks(run.model, threshold), load_run_dataset(run.meta, "test"), batch_size=250)
+    return refined_mask_threshold(run.model, load_run_dataset(run.meta, "test"), get_mask_search(path, weights_sha256),
+                                  target, batch_size=250)
 
 
 def missing_analysis(run: Run, what: str) -> str:

@@ -8,7 +8,7 @@ from app import figures
 from app.roots import PathError, resolve_within, write_roots
 from app.widgets import chart
 from app.state import (
-    UPLOADS, get_mask_curve, get_mask_search, get_static_search, get_thresholded_outputs, sidebar, try_outputs,
+    UPLOADS, get_mask_curve, get_mask_threshold, get_static_search, sidebar, try_outputs,
 )
 from models import gated_convs
 from models.files import dumps_json
@@ -25,8 +25,7 @@ def dynamic_slider() -> None:
     p = st.slider("Target reduction of the mean counted MACs", 0.0, 0.95, value=round(base_reduction + 0.1, 2),
                   step=0.01, key="mask_target",
                   help="Mask entries below a global threshold become 0; the threshold is searched to meet the target.")
-    found = get_mask_search(path, sha)(p)
-    pruned = get_thresholded_outputs(path, sha, found.threshold)
+    found, pruned = get_mask_threshold(path, sha, p)  # re-searched on the thresholded model's own decisions
     (st.success if found.met else st.warning)(found.message)
     cols = st.columns(4)
     cols[0].metric("Threshold", f"{found.threshold:.4g}")

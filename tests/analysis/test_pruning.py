@@ -194,3 +194,36 @@ def test_tied_gates_are_pruned_where_a_channel_saves_the_most_macs_not_in_layer_
     saving = _channel_savings(costs)
     assert saving[tied_pruned > 0].min() >= saving[tied_kept > 0].max()
     assert tied_pruned[np.argmax(saving)] > 0, "the costliest layer's zero gates go first, whatever its position"
+
+
+def test_mask_threshold_re_searched_on_its_own_decisions_meets_the_target_it_evaluates_at(dynamic_setup):
+    from analysis.pruning import refined_mask_threshold
+
+    run, test, out, search = dynamic_setup
+    found, evaluated = refined_mask_threshold(run.model, test, search, 0.75)
+    goal = 0.25
+    # the cached decisions alone choose a threshold whose evaluated MACs overshoot (0.2598 for 0.25)
+    assert abs(found.evaluated_ratio - goal) <= 1e-3 * goal and found.met
+    assert 1 <= found.rounds <= 5
+    assert found.evaluated_ratio == pytest.approx(float(evaluated.macs_ratio.mean()), rel=1e-12)
+    again = collect(threshold_masks(run.model, found.threshold), test)
+    assert float(again.macs_ratio.mean()) == pytest.approx(found.evaluated_ratio, rel=1e-12)
+    assert found.predicted_ratio == pytest.approx(search.ratio(found.threshold), rel=1e-12)  # cached decisions
+
+
+def test_an_already_met_mask_target_is_evaluated_once_and_left_alone(dynamic_setup):
+    from analysis.pruning import refined_mask_threshold
+
+    run, test, out, search = dynamic_setup
+    found, evaluated = refined_mask_threshold(run.model, test, search, 0.3)  # the model sits near 43%
+    assert found.threshold == 0.0 and found.rounds == 1 and found.met
+    assert found.evaluated_ratio == pytest.approx(float(out.macs_ratio.mean()), rel=1e-12)
+
+
+def test_prune_search_on_a_dynamic_run_prints_the_evaluated_and_the_predicted_figure(capsys):
+    from app.cli import main
+    from conftest import DEFAULT_RUN
+
+    assert main(["prune", "search", str(DEFAULT_RUN), "--target", "0.75"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluated 25.0% of the ungated MACs" in out and "predicted" in out, out

@@ -60,3 +60,12 @@ def test_static_slider_on_gates_learned_wider_means_the_same_p_as_the_cli(open_a
     message = [e.value for e in (*at.success, *at.warning)][0]
     assert message == search_structure(expanded_gates_run, 0.5).message
     assert "target 50.0%" in message and "of the unexpanded network's MACs" in message
+
+
+def test_dynamic_slider_evaluates_at_the_target_not_past_it(open_app):
+    at = open_app(page=PAGE)
+    at.slider(key="mask_target").set_value(0.75).run()
+    assert not at.exception
+    shown = _metrics(at)
+    assert shown["Counted MACs (evaluated)"] == "25.0%"  # the cached decisions alone gave 26.0%
+    assert "Predicted from cached decisions" in shown
