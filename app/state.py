@@ -328,3 +328,24 @@ def get_analysis_array(path: str, weights_sha256: str, name: str, key: str):
 
     store = AnalysisStore(get_run(path))
     return store.array(name, key) if store.params(name) is not None else None
+
+
+@st.cache_data(show_spinner="Exporting to ONNX and timing it in onnxruntime...", max_entries=32)
+def get_structure_onnx(path: str, weights_sha256: str, widths: tuple[int, ...] | None) -> tuple[bytes, dict]:
+    """The ONNX file and measured onnxruntime latency of the run's architecture, ungated, at
+    ``widths`` (None: unpruned) with fresh random weights, as ``prune build`` makes it."""
+    from analysis.deploy import profile_onnx, structure_network
+
+    meta = get_run(path).meta
+    return profile_onnx(structure_network(meta, None if widths is None else list(widths)), tuple(meta.input_shape))
+
+
+@st.cache_data(show_spinner="Exporting to ONNX and timing it in onnxruntime...", max_entries=32)
+def get_thresholded_onnx(path: str, weights_sha256: str, threshold: float) -> tuple[bytes, dict]:
+    """The ONNX file (decisions inside the graph) and measured onnxruntime latency of the run's
+    dynamic network with mask entries below ``threshold`` set to 0."""
+    from analysis.deploy import profile_onnx
+    from analysis.pruning import threshold_masks
+
+    run = get_run(path)
+    return profile_onnx(threshold_masks(run.model, threshold), tuple(run.meta.input_shape))

@@ -69,3 +69,66 @@ def test_dynamic_slider_evaluates_at_the_target_not_past_it(open_app):
     shown = _metrics(at)
     assert shown["Counted MACs (evaluated)"] == "25.0%"  # the cached decisions alone gave 26.0%
     assert "Predicted from cached decisions" in shown
+
+
+@pytest.fixture
+def offered(monkeypatch) -> dict:
+    """The files the page's download buttons offer, by file name (a spy on Streamlit's media store)."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    files, store = {}, MemoryMediaFileStorage.load_and_get_id
+
+    def spy(self, path_or_data, mimetype, kind, filename=None):
+        files[filename] = path_or_data
+        return store(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", spy)
+    return files
+
+
+def _latencies(at) -> dict:
+    return {m.label: (m.value, m.proto.delta) for m in at.metric if m.label.startswith("Measured latency")}
+
+
+def test_static_slider_offers_the_structures_onnx_file_and_its_measured_latency(open_app, offered):
+    import onnx
+
+    at = open_app(BASELINE_RUN, page=PAGE)
+    at.slider(key="static_target").set_value(0.5).run()
+    assert not at.exception
+    reduction = float(at.metric[0].proto.delta.strip("-%"))  # "MACs (counted)": -50.1%
+    assert float(_metrics(at)["Counted MACs"].rstrip("%")) == pytest.approx(100 - reduction, abs=0.11)
+    latency = _latencies(at)
+    assert set(latency) == {"Measured latency, batch 1", "Measured latency, batch 64"}
+    for value, delta in latency.values():
+        assert value.endswith(" ms") and float(value.split()[0]) > 0 and "vs unpruned (" in delta
+    graph = onnx.load_from_string(offered["baseline-p50.onnx"]).graph
+    weights = {t.name: list(t.dims) for t in graph.initializer}
+    widths = [weights[n.input[1]][0] for n in graph.node if n.op_type == "Conv"]
+    assert sum(widths) < 16 + 32 + 64 + 64 + 128  # the thinned structure on screen, not the full network
+    at.slider(key="static_target").set_value(0.3).run()
+    assert offered["baseline-p30.onnx"] != offered["baseline-p50.onnx"]
+
+
+def test_dynamic_slider_offers_the_thresholded_onnx_file_and_time_next_to_counted_macs(open_app, offered):
+    at = open_app(page=PAGE)
+    at.slider(key="mask_target").set_value(0.65).run()
+    assert not at.exception
+    shown = _metrics(at)
+    assert shown["Counted MACs"] == shown["Counted MACs (evaluated)"]  # both against the ungated network
+    assert all("vs ungated (" in delta for _, delta in _latencies(at).values()) and len(_latencies(at)) == 2
+    at.slider(key="mask_target").set_value(0.75).run()
+    assert offered["dynamic-mask-threshold-p75.onnx"] != offered["dynamic-mask-threshold-p65.onnx"]
+    assert any(b.label == "Export structure (ONNX)" for b in at.get("download_button"))
+
+
+def test_without_onnxruntime_the_page_says_how_to_install_it(open_app, tmp_path, monkeypatch):
+    import shutil
+    import sys
+
+    run = tmp_path / "baseline"  # a run the cache has not seen
+    shutil.copytree(BASELINE_RUN, run)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    at = open_app(run, page=PAGE)
+    assert "onnxruntime is not installed" in at.info[0].value and "pip install" in at.info[0].value
+    assert _metrics(at)["Accuracy"] == "needs retraining"  # the rest of the page is unchanged
