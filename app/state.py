@@ -101,8 +101,8 @@ def _upload_run() -> None:
     """Sidebar form: uploaded weights + model.json, or a file of the papers' code, become a run
     folder of this session."""
     with st.sidebar.expander("Open an uploaded run"):
-        fmt = st.selectbox("Format", [RUN_FORMAT, *FORMATS], key="upload_format",
-                           help="; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
+        fmt = st.radio("Format", [RUN_FORMAT, *FORMATS], key="upload_format",
+                       help="; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
         if fmt != RUN_FORMAT:
             _upload_official(fmt)
             return
@@ -121,7 +121,7 @@ def _upload_run() -> None:
 
 
 def _upload_official(fmt: str) -> None:
-    arch = st.selectbox("Architecture (CIFAR-10)", list(ARCHS), key="upload_arch")
+    arch = st.radio("Architecture (CIFAR-10)", list(ARCHS), key="upload_arch", horizontal=True)
     data = st.file_uploader(f"{fmt} file ({FORMATS[fmt].split(' of ')[0]})", type=["tar", "pth", "pt", "pkl"],
                             key="upload_official")
     if data is None:

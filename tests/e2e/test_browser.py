@@ -122,6 +122,11 @@ def test_pruning_slider_reruns_the_search_in_chromium(server, browser, tmp_path)
         "m.innerText.includes('Counted MACs (evaluated)') && !m.innerText.includes(b))", arg=before, timeout=60_000)
     _wait_idle(page)
     assert float(counted().rstrip("%")) < float(before.rstrip("%"))
+    for batch in (1, 64):  # measured onnxruntime time next to the counted MACs
+        latency = page.locator('[data-testid="stMetric"]', has_text=f"Measured latency, batch {batch}")
+        assert latency.locator('[data-testid="stMetricValue"]').inner_text().endswith(" ms")
+        assert "vs ungated" in latency.inner_text()
+    assert page.locator(".st-key-export_onnx_mask button").count() == 1
     assert page.locator('[data-testid="stException"]').count() == 0
     shot = _shots(tmp_path) / "pruning.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -231,6 +236,36 @@ def test_uploaded_runs_are_checked_in_chromium(server, browser, tmp_path):
     page.wait_for_selector("text=Uploaded run added to the Run list", timeout=60_000)
     _wait_idle(page)
     page.screenshot(path=str(_shots(tmp_path) / "upload-run.png"), full_page=True)
+
+
+
+def test_a_dynamic_pruning_checkpoint_uploads_and_opens_in_chromium(server, browser, tmp_path):
+    """The papers' checkpoint.pth.tar, uploaded with its format and architecture, is imported and opens."""
+    import torch
+
+    from reference_code import reference
+
+    file = tmp_path / "checkpoint.pth.tar"
+    torch.save({"epoch": 9, "state_dict": reference("resnet20", k=5).state_dict()}, file)
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(server)
+    _wait_idle(page)
+    page.get_by_text("Open an uploaded run").click()
+    page.locator(".st-key-upload_format").get_by_text("dynamic-pruning", exact=True).click()
+    _wait_idle(page)
+    page.locator(".st-key-upload_arch").get_by_text("resnet20", exact=True).click()
+    page.locator(".st-key-upload_official").wait_for(timeout=60_000)  # shown once the format is chosen
+    _wait_idle(page)
+    _upload(page, "upload_official", file)
+    page.wait_for_selector("text=Imported dynamic-pruning resnet20 added to the Run list", timeout=120_000)
+    _wait_idle(page)
+    page.locator('.st-key-run [role="combobox"]').click()  # a react-aria combobox
+    page.get_by_role("option").filter(has_text="gatescope-uploads").click()
+    page.wait_for_selector("text=ref_resnet20 on cifar10", timeout=120_000)
+    _wait_idle(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert "dynamic-pruning" in page.inner_text("body")
+    page.screenshot(path=str(_shots(tmp_path) / "upload-official.png"), full_page=True)
 
 
 def test_lasso_on_the_decision_feature_map_in_chromium(browser, analysed_run, tmp_path):
