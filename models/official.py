@@ -21,6 +21,7 @@ networks of :mod:`models.reference_nets`.
 from __future__ import annotations
 
 import re
+import zipfile
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,7 @@ def _read(file: Path, fmt: str) -> tuple[Any, dict[str, torch.Tensor] | None]:
     try:
         raw = load_tensors_only(file)
     except RunError:
-        if fmt != "pruning-from-scratch":
+        if fmt != "pruning-from-scratch" or zipfile.is_zipfile(file):  # a torch file: torch's reason stands
             raise
         raw = read_tensor_pickle(file)  # channel_gates.pkl is a plain pickle, not a torch file
     if fmt == "pruning-from-scratch" and isinstance(raw, (list, tuple)):
