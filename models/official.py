@@ -14,6 +14,7 @@ networks of :mod:`models.reference_nets`.
   then gets seeded random weights, as the gates were learned on), or as its ``checkpoint.pth``
   (the frozen random weights with ``feature.N.gates`` / ``layerS.B.gates``).
 
+>>> from analysis.datasets import CIFAR10_CLASSES
 >>> import_official("checkpoint.pth.tar", "runs/vgg16", fmt="dynamic-pruning", arch="vgg16",
 ...                 dataset="cifar10", class_names=CIFAR10_CLASSES)
 """
