@@ -26,7 +26,7 @@ import torch
 
 from models import Run
 from models.checkpoint import package_version
-from models.files import atomic_write_bytes, atomic_write_json, locked, sha256_bytes
+from models.files import atomic_write_bytes, atomic_write_json, dumps_json, locked, sha256_bytes
 
 FOLDER = "analysis"
 MANIFEST = "manifest.json"
@@ -92,7 +92,7 @@ class AnalysisStore:
             np.save(buf, arr, allow_pickle=False)
             files.append(self._write(f"{prefix}.{key}.npy", buf.getvalue()))
         if data is not None:
-            files.append(self._write(f"{prefix}.json", (json.dumps(_plain(data), indent=1) + "\n").encode()))
+            files.append(self._write(f"{prefix}.json", (dumps_json(_plain(data), indent=1) + "\n").encode()))
         self._record(name, params, files)
 
     def save_streamed(self, name: str, params: dict[str, Any],

@@ -239,6 +239,7 @@ def _report(args: argparse.Namespace) -> int:
     from analysis.report import format_detection, format_report, markdown_detection, report_for_path
     from analysis.store import AnalysisStore
     from models import load_run
+    from models.files import dumps_json
 
     store = AnalysisStore(load_run(args.run))
     detection = store.data("detection") if store.params("detection") is not None else None
@@ -250,7 +251,7 @@ def _report(args: argparse.Namespace) -> int:
         return 0
     report = report_for_path(args.run, args.baseline, args.dataset)
     if args.json:
-        print(json.dumps({**report, "detection": detection}, indent=2))
+        print(dumps_json({**report, "detection": detection}))
         return 0
     print(format_report(report))
     print("\n" + (format_detection(detection) if detection else f"no detection results: run gatescope analyze {args.run}"))

@@ -213,3 +213,18 @@ def test_umap_sessions_get_their_own_map_when_another_saves_in_between(tmp_path,
     assert AnalysisStore(run).params("umap")["neighbors"] == second["neighbors"], "the second session saved last"
     for frame, want in zip(got, expected):
         pd.testing.assert_frame_equal(frame, want)
+
+
+def test_an_entry_holding_nan_is_refused_and_the_stored_one_kept(tiny_run):
+    """Analysis JSON is standard JSON: a NaN (which strict parsers reject) is refused naming
+    where it is, before the manifest changes, so the entry stored before stays readable."""
+    store = AnalysisStore(load_run(tiny_run))
+    store.save("detection", {"v": 1}, data={"auc": 0.9})
+    try:
+        store.save("detection", {"v": 2}, data={"attacks": {"fgsm": {"auc": float("nan")}}})
+    except ValueError as e:
+        assert "attacks.fgsm.auc is nan" in str(e)
+    else:
+        raise AssertionError("a NaN was written")
+    assert store.params("detection") == {"v": 1} and store.data("detection") == {"auc": 0.9}
+    assert not any("NaN" in f.read_text() for f in store.path.glob("*.json"))
