@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from models import Network, Run, RunMeta, build_model, cost_model, gated_convs, load_run
+from models import Network, Run, RunMeta, build_model, gated_convs, load_run
 from models.export import ExportError, export_onnx, onnx_logits, onnx_session, require
 from models.files import atomic_write_bytes
 
@@ -126,25 +126,29 @@ def export_run(path: str | Path, out: str | Path, *, mask_threshold: float | Non
     return check
 
 
-def onnx_latency(data: bytes, input_shape: tuple[int, int, int], *, batch_sizes=BATCH_SIZES, calls: int = CALLS,
-                 threads: int | None = None) -> dict:
-    """Measured onnxruntime latency of the ONNX file ``data``: the median ms per call for each batch
-    size, over ``calls`` timed calls after a few untimed ones. The inputs are seeded random images:
-    the graph's work does not depend on them (a dynamic graph computes every channel)."""
-    session = onnx_session(data, threads=threads)
+def onnx_latency(data: bytes, input_shape: tuple[int, int, int], *, reference: bytes | None = None,
+                 batch_sizes=BATCH_SIZES, calls: int = CALLS, threads: int | None = None) -> dict:
+    """Measured onnxruntime latency of the ONNX file ``data``: the median ms per call (``ms``) for each
+    batch size, over ``calls`` timed calls after a few untimed ones. With ``reference`` (another ONNX
+    file), its calls alternate with those of ``data`` (``reference_ms``), so that both are timed in the
+    same state of the machine. The inputs are seeded random images: the graphs' work does not depend
+    on them (a dynamic graph computes every channel)."""
+    sessions = {"ms": onnx_session(data, threads=threads)}
+    if reference is not None:
+        sessions["reference_ms"] = onnx_session(reference, threads=threads)
     gen = torch.Generator().manual_seed(0)
     rows = []
     for bs in batch_sizes:
         x = torch.rand((bs, *input_shape), generator=gen)
-        for _ in range(WARM):
-            onnx_logits(session, x)
-        times = []
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            onnx_logits(session, x)
-            times.append(time.perf_counter() - t0)
-        rows.append({"batch_size": bs, "calls": calls, "ms": statistics.median(times) * 1000})
-    return {"rows": rows, "threads": session.get_session_options().intra_op_num_threads,
+        times: dict[str, list[float]] = {name: [] for name in sessions}
+        for step in range(WARM + calls):
+            for name, session in sessions.items():
+                t0 = time.perf_counter()
+                onnx_logits(session, x)
+                if step >= WARM:
+                    times[name].append(time.perf_counter() - t0)
+        rows.append({"batch_size": bs, "calls": calls, **{k: statistics.median(v) * 1000 for k, v in times.items()}})
+    return {"rows": rows, "threads": sessions["ms"].get_session_options().intra_op_num_threads,
             "onnxruntime": require("onnxruntime").__version__}
 
 
@@ -160,8 +164,6 @@ def structure_network(meta: RunMeta, widths: list[int] | None, *, seed: int = 0)
 
 
 def profile_onnx(model: Network, input_shape: tuple[int, int, int], **latency) -> tuple[bytes, dict]:
-    """The ONNX file of ``model`` and its measured :func:`onnx_latency`, with the network's counted
-    MACs without decision units and masks (``ungated_macs``)."""
+    """The ONNX file of ``model`` and its measured :func:`onnx_latency` (keywords: its options)."""
     data = export_onnx(model, input_shape)
-    return data, {**onnx_latency(data, input_shape, **latency),
-                  "ungated_macs": cost_model(model, input_shape).ungated_macs}
+    return data, onnx_latency(data, input_shape, **latency)

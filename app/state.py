@@ -330,22 +330,38 @@ def get_analysis_array(path: str, weights_sha256: str, name: str, key: str):
     return store.array(name, key) if store.params(name) is not None else None
 
 
+@st.cache_data(show_spinner="Exporting to ONNX...", max_entries=8)
+def get_reference_onnx(path: str, weights_sha256: str) -> tuple[bytes, int]:
+    """The ONNX file of the run's unpruned network (its architecture ungated, at default width, fresh
+    random weights) and its counted MACs: what pruned structures and thresholded masks are timed and
+    counted against."""
+    from analysis.deploy import structure_network
+    from models import cost_model
+    from models.export import export_onnx
+
+    meta = get_run(path).meta
+    net = structure_network(meta, None)
+    return export_onnx(net, tuple(meta.input_shape)), cost_model(net, tuple(meta.input_shape)).ungated_macs
+
+
 @st.cache_data(show_spinner="Exporting to ONNX and timing it in onnxruntime...", max_entries=32)
-def get_structure_onnx(path: str, weights_sha256: str, widths: tuple[int, ...] | None) -> tuple[bytes, dict]:
-    """The ONNX file and measured onnxruntime latency of the run's architecture, ungated, at
-    ``widths`` (None: unpruned) with fresh random weights, as ``prune build`` makes it."""
+def get_structure_onnx(path: str, weights_sha256: str, widths: tuple[int, ...]) -> tuple[bytes, dict]:
+    """The ONNX file of the run's architecture, ungated, at ``widths`` with fresh random weights (as
+    ``prune build`` makes it), and its onnxruntime latency timed alternately with the unpruned one's."""
     from analysis.deploy import profile_onnx, structure_network
 
     meta = get_run(path).meta
-    return profile_onnx(structure_network(meta, None if widths is None else list(widths)), tuple(meta.input_shape))
+    return profile_onnx(structure_network(meta, list(widths)), tuple(meta.input_shape),
+                        reference=get_reference_onnx(path, weights_sha256)[0])
 
 
 @st.cache_data(show_spinner="Exporting to ONNX and timing it in onnxruntime...", max_entries=32)
 def get_thresholded_onnx(path: str, weights_sha256: str, threshold: float) -> tuple[bytes, dict]:
-    """The ONNX file (decisions inside the graph) and measured onnxruntime latency of the run's
-    dynamic network with mask entries below ``threshold`` set to 0."""
+    """The ONNX file (decisions inside the graph) of the run's dynamic network with mask entries below
+    ``threshold`` set to 0, and its onnxruntime latency timed alternately with the unpruned one's."""
     from analysis.deploy import profile_onnx
     from analysis.pruning import threshold_masks
 
     run = get_run(path)
-    return profile_onnx(threshold_masks(run.model, threshold), tuple(run.meta.input_shape))
+    return profile_onnx(threshold_masks(run.model, threshold), tuple(run.meta.input_shape),
+                        reference=get_reference_onnx(path, weights_sha256)[0])

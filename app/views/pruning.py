@@ -12,7 +12,7 @@ from app.state import (
 )
 from models import gated_convs
 from models.files import dumps_json
-from app.state import get_structure_onnx, get_thresholded_onnx
+from app.state import get_reference_onnx, get_structure_onnx, get_thresholded_onnx
 from models.export import ExportError
 
 run, _ = sidebar()
@@ -26,20 +26,21 @@ def measured_time(get_profile, counted: float, *, reference: str, note: str, fil
     ungated), and the ONNX file of the network on screen."""
     try:
         data, timing = get_profile()
-        _, ref = get_structure_onnx(path, sha, None)
+        _, reference_macs = get_reference_onnx(path, sha)
     except ExportError as e:
         st.info(f"No ONNX export or measured time here: {e}")
         return
     st.markdown(f"**Counted MACs and measured time** against the {reference} network, in onnxruntime")
     cols = st.columns(4)
-    cols[0].metric("Counted MACs", f"{counted / ref['ungated_macs']:.1%}", help=f"of the {reference} network's")
-    for col, row, base in zip(cols[1:3], timing["rows"], ref["rows"]):
+    cols[0].metric("Counted MACs", f"{counted / reference_macs:.1%}", help=f"of the {reference} network's")
+    for col, row in zip(cols[1:3], timing["rows"]):
         col.metric(f"Measured latency, batch {row['batch_size']}", f"{row['ms']:.3g} ms", delta_color="inverse",
-                   delta=f"{row['ms'] / base['ms'] - 1:+.0%} vs {reference} ({base['ms']:.3g} ms)")
+                   delta=f"{row['ms'] / row['reference_ms'] - 1:+.0%} vs {reference} ({row['reference_ms']:.3g} ms)")
     cols[3].download_button("Export structure (ONNX)", data, file_name=file_name, mime="application/octet-stream",
                             key=key)
-    st.caption(f"{note} Median of {timing['rows'][0]['calls']} calls per batch size after warm-up calls, "
-               f"onnxruntime {timing['onnxruntime']} on {timing['threads']} CPU threads.")
+    st.caption(f"{note} Median of {timing['rows'][0]['calls']} calls per batch size, alternating with the "
+               f"{reference} network's, after warm-up calls; onnxruntime {timing['onnxruntime']} on "
+               f"{timing['threads']} CPU threads.")
 
 
 @st.fragment
@@ -63,6 +64,11 @@ def dynamic_slider() -> None:
         pruned.accuracy, "run": str(run.path), "weights_sha256": sha}),
         file_name=f"{run.path.name}-mask-threshold-p{round(p * 100)}.json", mime="application/json", key="export_mask")
     labels = [f"gate {i}" for i in range(len(gated_convs(run.model)))]
+    chart(st, figures.width_bars(outputs.active.mean(0).tolist(), pruned.active.mean(0).tolist(), labels,
+                                       unit="mean active channels"), key="mask_bars")
+    curve = get_mask_curve(path, sha, tuple(np.round(np.linspace(0.0, 0.9, 19), 3)))
+    chart(st, figures.accuracy_vs_macs(curve, (float(pruned.macs_ratio.mean()), pruned.accuracy),
+                                             label="accuracy without retraining"), key="mask_curve")
     measured_time(lambda: get_thresholded_onnx(path, sha, found.threshold),
                   float(pruned.macs.mean()),
                   reference="ungated", file_name=f"{run.path.name}-mask-threshold-p{round(p * 100)}.onnx",
@@ -71,11 +77,6 @@ def dynamic_slider() -> None:
                        "the graph; a switched-off channel is still computed there, then multiplied by 0. The ungated "
                        "network (the same architecture without decision units) is what counted MACs are measured "
                        "against.")
-    chart(st, figures.width_bars(outputs.active.mean(0).tolist(), pruned.active.mean(0).tolist(), labels,
-                                       unit="mean active channels"), key="mask_bars")
-    curve = get_mask_curve(path, sha, tuple(np.round(np.linspace(0.0, 0.9, 19), 3)))
-    chart(st, figures.accuracy_vs_macs(curve, (float(pruned.macs_ratio.mean()), pruned.accuracy),
-                                             label="accuracy without retraining"), key="mask_curve")
 
 
 @st.fragment
@@ -92,10 +93,6 @@ def static_slider() -> None:
     cols[2].metric("Accuracy", "needs retraining", help="Build the structure and train it: gatescope prune train")
     labels = [f"layer {i}" for i in range(len(s.widths))]
     chart(st, figures.width_bars(s.full_widths, s.widths, labels), key="static_bars")
-    measured_time(lambda: get_structure_onnx(path, sha, tuple(s.widths)), s.macs, reference="unpruned",
-                  file_name=f"{run.path.name}-p{round(p * 100)}.onnx", key="export_onnx_static",
-                  note="The file holds this structure with fresh random weights, as Build writes it (its time does "
-                       "not depend on them); export a trained run with `gatescope export RUN OUT.onnx`.")
     cols = st.columns(2)
     cols[0].download_button("Export structure (JSON)", dumps_json(s.to_json()),
                             file_name=f"{run.path.name}-p{round(p * 100)}.json", mime="application/json")
@@ -109,6 +106,10 @@ def static_slider() -> None:
         save_structure(run.meta, s, out, origin=str(run.path))
         st.success(f"Built `{out}` (fresh random weights, untrained). Train it with "
                    f"`gatescope prune train {out} {out}-trained`.")
+    measured_time(lambda: get_structure_onnx(path, sha, tuple(s.widths)), s.macs, reference="unpruned",
+                  file_name=f"{run.path.name}-p{round(p * 100)}.onnx", key="export_onnx_static",
+                  note="The file holds this structure with fresh random weights, as Build writes it (its time does "
+                       "not depend on them); export a trained run with `gatescope export RUN OUT.onnx`.")
 
 
 if gated_convs(run.model):

@@ -16,12 +16,16 @@ def test_a_file_that_fails_the_check_is_not_written_and_the_old_one_stays(tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["baseline.onnx"]  # no temporary file left
 
 
-def test_onnx_latency_is_a_median_per_batch_size():
-    data = export_onnx(create_model("small_cnn", gated=False, num_classes=10), (1, 28, 28))
-    result = onnx_latency(data, (1, 28, 28))
-    assert [(r["batch_size"], r["calls"]) for r in result["rows"]] == [(1, 20), (64, 20)]
-    assert 0 < result["rows"][0]["ms"] < result["rows"][1]["ms"]  # 64 images take longer than one
-    assert result["threads"] == torch.get_num_threads()
+def test_onnx_latency_is_a_median_per_batch_size_alternating_with_a_reference():
+    shape = (1, 28, 28)
+    data = export_onnx(create_model("small_cnn", gated=False, num_classes=10, widths=[8, 16, 32, 32, 64]), shape)
+    reference = export_onnx(create_model("small_cnn", gated=False, num_classes=10), shape)
+    alone = onnx_latency(data, shape)
+    assert [(r["batch_size"], r["calls"]) for r in alone["rows"]] == [(1, 20), (64, 20)]
+    assert "reference_ms" not in alone["rows"][0] and alone["threads"] == torch.get_num_threads()
+    paired = onnx_latency(data, shape, reference=reference)
+    for key in ("ms", "reference_ms"):
+        assert 0 < paired["rows"][0][key] < paired["rows"][1][key]  # 64 images take longer than one
 
 
 def test_structure_network_is_the_ungated_structure_and_leaves_the_random_state_alone():

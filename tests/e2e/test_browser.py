@@ -107,6 +107,9 @@ def test_pruning_slider_reruns_the_search_in_chromium(server, browser, tmp_path)
     page.locator('[data-testid="stSidebarNavLink"]', has_text="Pruning").click()
     page.wait_for_selector("text=Accuracy without retraining", timeout=120_000)
     _wait_idle(page)
+    measured = ("() => [...document.querySelectorAll('[data-testid=stMetric]')].some(m => "
+                "m.innerText.includes('Measured latency, batch 64') && !m.closest('[data-stale=true]'))")
+    page.wait_for_function(measured, timeout=180_000)  # exported and timed in onnxruntime, last in the panel
 
     def counted() -> str:
         metric = page.locator('[data-testid="stMetric"]', has_text="Counted MACs (evaluated)")
@@ -122,6 +125,7 @@ def test_pruning_slider_reruns_the_search_in_chromium(server, browser, tmp_path)
         "m.innerText.includes('Counted MACs (evaluated)') && !m.innerText.includes(b))", arg=before, timeout=60_000)
     _wait_idle(page)
     assert float(counted().rstrip("%")) < float(before.rstrip("%"))
+    page.wait_for_function(measured, timeout=120_000)  # the new threshold's file, timed
     for batch in (1, 64):  # measured onnxruntime time next to the counted MACs
         latency = page.locator('[data-testid="stMetric"]', has_text=f"Measured latency, batch {batch}")
         assert latency.locator('[data-testid="stMetricValue"]').inner_text().endswith(" ms")
