@@ -87,3 +87,10 @@ def test_the_shipped_detection_audit_is_on_the_detection_page(open_app, monkeypa
     auc = table.set_index(["attack", "detector"])["ROC-AUC"]
     assert min(auc[a, "margin"] for a in minimal) > 0.95 and max(auc[a, "margin"] for a in confident) < 0.5
     assert any("Compute as an attack surface" in s.value for s in at.subheader)
+
+
+def test_the_cifar_model_exports_to_onnx_equal_to_pytorch_in_onnxruntime(test_split, tmp_path):
+    from analysis.deploy import export_run
+
+    check = export_run(CIFAR_RUN, tmp_path / "cifar.onnx", limit=500)  # raises unless equal within 1e-4
+    assert check.ok and check.images == 500 and (tmp_path / "cifar.onnx").stat().st_size > 100_000
