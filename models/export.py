@@ -49,7 +49,8 @@ def export_onnx(model: Network, input_shape: tuple[int, int, int], *, metadata: 
 
     >>> data = export_onnx(load_run("assets/mnist5k/baseline").model, (1, 28, 28))
     """
-    require("onnx"), require("onnxscript")
+    for module in ("onnx", "onnxscript"):  # torch.onnx.export(dynamo=True) imports them itself
+        require(module)
     was_training = model.training
     model.eval()
     example = torch.rand((2, *input_shape), generator=torch.Generator().manual_seed(0))  # batch 2: not specialised
