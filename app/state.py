@@ -7,6 +7,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -44,49 +45,44 @@ def _found_runs(root: str) -> list[Path]:
 
 def store_uploaded_run(weights_name: str, weights: bytes, meta: bytes) -> Path:
     """Check an uploaded weights file (safetensors, or a torch.save-d .pt/.pth read tensors-only)
-    and model.json, and keep them as a run folder in the uploads cache; raises RunError.
-
-    The files are checked in a private temporary folder, and only a run that loads is moved
-    (atomically) into the cache, so a bad upload leaves nothing behind."""
-    folder = UPLOADS / hashlib.sha256(weights + meta).hexdigest()[:16]
-    if (folder / "model.json").is_file():
-        return folder  # the same upload, checked before
-    UPLOADS.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=UPLOADS, prefix=".check-", ignore_cleanup_errors=True) as tmp:
-        tmp = Path(tmp)
+    and model.json, and keep them as a run folder in the uploads cache; raises RunError."""
+    def fill(tmp: Path) -> None:
         atomic_write_bytes(tmp / "model.json", meta)
-        try:
-            if Path(weights_name).suffix.lower() in (".pt", ".pth"):
-                atomic_write_bytes(tmp / "upload.pt", weights)
-                import_torch_weights(tmp / "upload.pt", read_meta(tmp), tmp)
-                (tmp / "upload.pt").unlink()
-            else:
-                atomic_write_bytes(tmp / "model.safetensors", weights)
-            load_run(tmp)
-        except RunError as e:
-            raise RunError(str(e).replace(str(tmp) + os.sep, "")) from None
-        try:
-            tmp.rename(folder)
-        except OSError:  # another session stored the same upload first
-            pass
-    return folder
+        if Path(weights_name).suffix.lower() in (".pt", ".pth"):
+            atomic_write_bytes(tmp / "upload.pt", weights)
+            import_torch_weights(tmp / "upload.pt", read_meta(tmp), tmp)
+            (tmp / "upload.pt").unlink()
+        else:
+            atomic_write_bytes(tmp / "model.safetensors", weights)
+
+    return _keep_checked(weights + meta, fill)
 
 
 def store_official_upload(fmt: str, arch: str, name: str, data: bytes) -> Path:
     """Check an uploaded file of the papers' code (``fmt`` one of :data:`models.official.FORMATS`,
     a CIFAR-10 network ``arch``) and keep it, imported, as a run folder in the uploads cache;
-    raises RunError. As :func:`store_uploaded_run`, a bad upload leaves nothing behind."""
-    folder = UPLOADS / hashlib.sha256(f"{fmt}\0{arch}\0".encode() + data).hexdigest()[:16]
+    raises RunError."""
+    def fill(tmp: Path) -> None:
+        file = tmp / (re.sub(r"[^\w.-]", "_", Path(name).name)[:100].lstrip(".") or "upload")
+        atomic_write_bytes(file, data)
+        import_official(file, tmp, fmt=fmt, arch=arch, dataset="cifar10", class_names=CIFAR10_CLASSES)
+        file.unlink()
+
+    return _keep_checked(f"{fmt}\0{arch}\0".encode() + data, fill)
+
+
+def _keep_checked(content: bytes, fill: Callable[[Path], None]) -> Path:
+    """The uploads-cache folder named by a digest of ``content``: ``fill`` writes the run into a
+    private temporary folder, which moves (atomically) into the cache only once it loads, so a
+    bad upload leaves nothing behind; RunError messages name files without the temporary path."""
+    folder = UPLOADS / hashlib.sha256(content).hexdigest()[:16]
     if (folder / "model.json").is_file():
-        return folder
+        return folder  # the same upload, checked before
     UPLOADS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=UPLOADS, prefix=".check-", ignore_cleanup_errors=True) as tmp:
         tmp = Path(tmp)
-        file = tmp / (re.sub(r"[^\w.-]", "_", Path(name).name)[:100].lstrip(".") or "upload")
-        atomic_write_bytes(file, data)
         try:
-            import_official(file, tmp, fmt=fmt, arch=arch, dataset="cifar10", class_names=CIFAR10_CLASSES)
-            file.unlink()
+            fill(tmp)
             load_run(tmp)
         except RunError as e:
             raise RunError(str(e).replace(str(tmp) + os.sep, "")) from None
