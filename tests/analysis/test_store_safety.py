@@ -30,13 +30,12 @@ from analysis.store import AnalysisStore
 from models import load_run, save_run
 run = load_run(sys.argv[1])
 store = AnalysisStore(load_run(sys.argv[2]))
-base = {{k: v.clone() for k, v in run.model.state_dict().items()}}
+base = {{k: v.clone() for k, v in run.model.named_parameters()}}  # not the normalisation model.json states
 for i in range(10**6):
     variant = i % 2  # two weight sets and two parameter sets: the folders stay small
     with torch.no_grad():
-        for k, v in run.model.state_dict().items():
-            if v.is_floating_point():
-                v.copy_(base[k] + variant)
+        for k, v in run.model.named_parameters():
+            v.copy_(base[k] + variant)
     run.meta = save_run(run.path, run.model, run.meta)
     for j in range(2):
         store.save(f"big-{{j}}", {{"variant": variant}}, arrays={{"a": np.full({N}, variant + j, np.float64)}},
