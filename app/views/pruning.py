@@ -6,14 +6,14 @@ import streamlit as st
 from analysis.scratch import save_structure
 from app import figures
 from app.roots import PathError, resolve_within, write_roots
-from app.widgets import chart
 from app.state import (
-    UPLOADS, get_mask_curve, get_mask_threshold, get_static_search, sidebar, try_outputs,
+    UPLOADS, get_mask_curve, get_mask_threshold, get_reference_onnx, get_static_search, get_structure_onnx,
+    get_thresholded_onnx, sidebar, try_outputs,
 )
+from app.widgets import chart
 from models import gated_convs
-from models.files import dumps_json
-from app.state import get_reference_onnx, get_structure_onnx, get_thresholded_onnx
 from models.export import ExportError
+from models.files import dumps_json
 
 run, _ = sidebar()
 sha, path = run.meta.weights_sha256, str(run.path)
