@@ -330,7 +330,8 @@ def _analyze(args: argparse.Namespace) -> int:
     )
     t0 = time.perf_counter()
     with _torchrun() as main:
-        results = analyze(load_run(args.run), config, force=args.force, log=print if main else (lambda s: None))
+        log = (lambda s: print(f"[{time.perf_counter() - t0:7.0f} s] {s}", flush=True)) if main else (lambda s: None)
+        results = analyze(load_run(args.run), config, force=args.force, log=log)  # each step with its time
     if not main:
         return 0  # rank 0 reports and writes
     print(format_detection(results) if results else "no attacks: decision features and the map only")

@@ -161,18 +161,19 @@ class KDBU(Detector):
         bu = mc_dropout_uncertainty(pen, self.model.fc, p=p["dropout"], samples=p["samples"], seed=p["seed"])
         return torch.stack([kd, bu], dim=1)
 
-    def select(self, fit: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor]) -> None:
+    def select(self, fit: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor]):
         if not self._search:
-            return
+            return None
         # the penultimate features do not depend on the bandwidth: compute them once
         parts = {side: [self._penultimate(x) for x in images] for side, images in (("fit", fit), ("val", val))}
-        aucs = {}
+        aucs, feats = {}, {}
         for h in KD_BANDWIDTHS:
             self.params["bandwidth"] = h
-            feats = {side: tuple(self._kd_bu(*part) for part in parts[side]) for side in parts}
-            aucs[h] = validation_auc(self._new_classifier(), feats["fit"], feats["val"])
+            feats[h] = {side: tuple(self._kd_bu(*part) for part in parts[side]) for side in parts}
+            aucs[h] = validation_auc(self._new_classifier(), feats[h]["fit"], feats[h]["val"])
         best = max(aucs, key=aucs.get)
         self.params.update(bandwidth=float(best), bandwidth_auc={str(h): a for h, a in aucs.items()})
+        return feats[best]["fit"], feats[best]["val"]
 
     def _penultimate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         pens, preds, bus = [], [], []
@@ -226,6 +227,9 @@ class LID(Detector):
         # a fixed random order: the first b reference images are a random minibatch of size b
         idx = torch.from_numpy(np.random.default_rng(seed).permutation(len(ref_x))[:largest])
         self._ref_inputs = ref_x[idx].flatten(1).to(model.mean.device)  # (M, C*H*W)
+        self._probe = torch.randn(self._ref_inputs.shape[1], generator=torch.Generator().manual_seed(seed),
+                                  dtype=torch.float64).to(model.mean.device)  # a random direction
+        self._ref_probe = self._ref_inputs.double() @ self._probe
         parts = [_flatten(acts) for acts in _layer_batches(model, ref_x[idx], batch_size)]
         self._ref = {n: torch.cat([p[n] for p in parts]) for n in parts[0]}  # name -> (M, D_l)
         self.feature_names = list(self._ref)
@@ -239,21 +243,27 @@ class LID(Detector):
     def _itself(self, x: Tensor) -> Tensor:
         """(B, M) which reference images equal each image of ``x``."""
         xb = x.detach().flatten(1).to(self._ref_inputs)
-        return torch.cdist(xb, self._ref_inputs, compute_mode="donot_use_mm_for_euclid_dist") == 0
+        # candidates: equal projections on a random direction (up to rounding); then compared exactly
+        probe = xb.double() @ self._probe
+        rows, cols = ((probe[:, None] - self._ref_probe).abs() <= 1e-9 * (1 + self._ref_probe.abs())).nonzero(as_tuple=True)
+        same = torch.zeros(len(xb), len(self._ref_inputs), dtype=torch.bool, device=xb.device)
+        same[rows, cols] = (xb[rows] == self._ref_inputs[cols]).all(1)
+        return same
 
-    def select(self, fit: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor]) -> None:
+    def select(self, fit: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor]):
         if len(self._grid) == 1:
-            return
+            return None
         kmax = max(k for k, _ in self._grid)
         # per layer and minibatch size, the sorted distances to the kmax nearest reference points once
         dist = {side: [self._distances(x, kmax) for x in images] for side, images in (("fit", fit), ("val", val))}
-        aucs = {}
+        aucs, feats = {}, {}
         for k, b in self._grid:
-            feats = {side: tuple(np.stack([lid_mle(d[(n, b)][:, :k]).numpy() for n in self.feature_names], 1)
-                                 for d in dist[side]) for side in dist}
-            aucs[(k, b)] = validation_auc(self._new_classifier(), feats["fit"], feats["val"])
+            feats[(k, b)] = {side: tuple(np.stack([lid_mle(d[(n, b)][:, :k]).double().numpy() for n in self.feature_names], 1)
+                                         for d in dist[side]) for side in dist}
+            aucs[(k, b)] = validation_auc(self._new_classifier(), feats[(k, b)]["fit"], feats[(k, b)]["val"])
         k, b = max(aucs, key=aucs.get)
         self.params.update(k=int(k), ref_batch=int(b), grid_auc={f"k={kk},batch={bb}": a for (kk, bb), a in aucs.items()})
+        return feats[(k, b)]["fit"], feats[(k, b)]["val"]
 
     def _distances(self, x: Tensor, kmax: int) -> dict[tuple[str, int], Tensor]:
         out: dict[tuple[str, int], list[Tensor]] = {}

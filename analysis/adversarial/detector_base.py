@@ -87,9 +87,12 @@ class Detector:
 
     # -- fitting ----------------------------------------------------------------------------
 
-    def select(self, fit: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor]) -> None:
+    def select(self, fit: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor]) -> Chosen | None:
         """Choose hyperparameters on ``val`` (clean, adversarial) after fitting on ``fit``;
-        record them in ``params``. The default has none to choose."""
+        record them in ``params``. May return the features it computed at the chosen ones,
+        ``((fit clean, fit adversarial), (val clean, val adversarial))``, which ``fit`` then
+        reuses instead of computing them again. The default has none to choose."""
+        return None
 
     def _new_classifier(self):
         from sklearn.linear_model import LogisticRegression
@@ -107,9 +110,12 @@ class Detector:
         fit_c, val_c = _split(len(x_clean), seed)
         fit_a, val_a = (fit_c, val_c) if len(x_adv) == len(x_clean) else _split(len(x_adv), seed)
         fit, val = (x_clean[fit_c], x_adv[fit_a]), (x_clean[val_c], x_adv[val_a])
-        if len(val_c) and len(val_a):
-            self.select(fit, val)
-        feats_c, feats_a = self.features(x_clean), self.features(x_adv)
+        chosen = self.select(fit, val) if len(val_c) and len(val_a) else None
+        if chosen is None:
+            feats_c, feats_a = self.features(x_clean), self.features(x_adv)
+        else:
+            (fc, fa), (vc, va) = chosen
+            feats_c, feats_a = _rows_in_order((fit_c, fc), (val_c, vc)), _rows_in_order((fit_a, fa), (val_a, va))
         if len(val_c) and len(val_a):
             self.validation = {"auc": validation_auc(self._new_classifier(), (feats_c[fit_c], feats_a[fit_a]),
                                                      (feats_c[val_c], feats_a[val_a])),
@@ -164,6 +170,17 @@ def validation_auc(classifier, fit: tuple[np.ndarray, np.ndarray], val: tuple[np
     xv = np.concatenate(val)
     yv = np.r_[np.zeros(len(val[0]), int), np.ones(len(val[1]), int)]
     return float(roc_auc_score(yv, clf.predict_proba(xv)[:, 1]))
+
+
+Chosen = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]  # what select may return
+
+
+def _rows_in_order(*parts: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Rows given as (indices, features) pairs, put back at their indices."""
+    out = np.empty((sum(len(i) for i, _ in parts), parts[0][1].shape[1]))
+    for idx, feats in parts:
+        out[idx] = feats
+    return out
 
 
 def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

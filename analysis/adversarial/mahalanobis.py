@@ -172,16 +172,18 @@ class MahalanobisLee(Detector):
 
     # -- fitting ----------------------------------------------------------------------------
 
-    def select(self, fit: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor]) -> None:
+    def select(self, fit: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor]):
         """Choose the magnitude among ``MAGNITUDES`` with the best validation ROC-AUC (the smallest
         on ties): ``params["magnitude"]`` and ``params["magnitude_auc"]`` (str(magnitude) -> AUC).
         A magnitude given to the constructor stays."""
         if not self._search:
-            return
+            return None
         feats = [self._features_at(x, MAGNITUDES) for x in (*fit, *val)]  # 4 x one (N, F) per magnitude
         aucs = {str(eps): validation_auc(self._new_classifier(), (feats[0][i], feats[1][i]), (feats[2][i], feats[3][i]))
                 for i, eps in enumerate(MAGNITUDES)}
-        self.params.update(magnitude=max(MAGNITUDES, key=lambda eps: aucs[str(eps)]), magnitude_auc=aucs)
+        best = max(range(len(MAGNITUDES)), key=lambda i: aucs[str(MAGNITUDES[i])])
+        self.params.update(magnitude=MAGNITUDES[best], magnitude_auc=aucs)
+        return (feats[0][best], feats[1][best]), (feats[2][best], feats[3][best])
 
 
 class _ClassMoments:

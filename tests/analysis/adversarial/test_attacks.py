@@ -187,6 +187,60 @@ def test_cw_l2_returns_x_where_it_never_succeeds(params):
     assert not bool(result.success.any()) and bool((result.l2 == 0).all())
 
 
+def _cw_with_torch_adam(model, x, y, *, c: float, steps: int, lr: float = 0.01) -> torch.Tensor:
+    """One search step of CW-L2 (kappa 0) as written before the hand-written Adam: torch.optim.Adam
+    on the whole batch, best successful iterate per input."""
+    w = torch.atanh((2 * x - 1) * (1 - 1e-6)).requires_grad_()
+    opt = torch.optim.Adam([w], lr=lr)
+    best, best_l2 = x.clone(), torch.full((len(x),), float("inf"))
+    for _ in range(steps):
+        x_new = (torch.tanh(w) + 1) / 2
+        logits = model(x_new)
+        real = logits.gather(1, y[:, None]).squeeze(1)
+        other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+        l2_sq = (x_new - x).flatten(1).pow(2).sum(dim=1)
+        loss = (l2_sq + c * (real - other).clamp_min(0)).sum()
+        with torch.no_grad():
+            better = (other > real) & (l2_sq.sqrt() < best_l2)
+            best_l2 = torch.where(better, l2_sq.sqrt(), best_l2)
+            best[better] = x_new[better]
+        w.grad = torch.autograd.grad(loss, w)[0]
+        opt.step()
+    return best
+
+
+def test_cw_l2_without_abort_is_torch_adam_step_for_step():
+    model, x = _linear(5), _mid_gray(8)
+    y = _predict(model, x)
+    ours = create_attack("cw_l2", model, initial_c=3.0, search_steps=1, max_iter=120, abort_early=0)(x, y)
+    assert torch.allclose(ours.x_adv, _cw_with_torch_adam(model, x, y, c=3.0, steps=120), atol=1e-6)
+
+
+class _RowCounter(nn.Module):
+    """Counts the input rows the wrapped model is asked for."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += len(x)
+        return self.model(x)
+
+
+def test_cw_l2_aborts_each_input_on_its_own_and_saves_work():
+    base, x = _linear(5), _mid_gray(8)
+    y = _predict(base, x)
+    params = dict(initial_c=1.0, search_steps=3, max_iter=400)
+    early, full = _RowCounter(base), _RowCounter(base)
+    aborted = create_attack("cw_l2", early, **params)(x, y)
+    complete = create_attack("cw_l2", full, **params, abort_early=0)(x, y)
+    assert early.rows < 0.7 * full.rows  # stalled inputs leave the batch
+    assert bool(aborted.success.all()) and bool((aborted.l2 <= complete.l2 * 1.05 + 0.01).all())
+    alone = [create_attack("cw_l2", base, **params)(x[i:i + 1], y[i:i + 1]).x_adv for i in (0, 5)]
+    assert torch.allclose(torch.cat(alone), aborted.x_adv[[0, 5]], atol=1e-6)  # as if attacked one per batch
+
+
 # ---------------------------------------------------------------- confident attacks
 
 
@@ -278,7 +332,8 @@ def test_default_params_follow_the_literature():
     for dataset in ("mnist", "cifar"):
         assert default_params("deepfool", dataset) == {"overshoot": 0.02, "max_iter": 50}
         assert default_params("cw_l2", dataset) == {
-            "lr": 0.01, "confidence": 0.0, "initial_c": 1.0, "search_steps": 3, "max_iter": 200}
+            "lr": 0.01, "confidence": 0.0, "initial_c": 1.0, "search_steps": 3, "max_iter": 200,
+            "abort_early": 10}
 
 
 class TinyCNN(nn.Module):

@@ -304,3 +304,15 @@ def test_scoring_precomputed_features_is_scoring(shipped, name):
     x = torch.cat([clean[200:210], noisy[:10]])
     np.testing.assert_array_equal(det.score_features(det.features(x)), det.score(x))
     assert not any(k.endswith("_auc") for k in det.feature_params())
+
+
+def test_lid_finds_exactly_the_reference_images_among_scored_ones(shipped):
+    model, ref_x, ref_y, clean, _ = shipped
+    det = create_detector("lid", model, ref_x, ref_y, k=10, ref_batch=100)
+    ref = det._ref_inputs.view(-1, *ref_x.shape[1:])
+    nudged = ref[3].clone()
+    nudged.view(-1)[200] = torch.nextafter(nudged.view(-1)[200], torch.tensor(2.0))  # one pixel, one ulp
+    x = torch.cat([ref[[7, 0, 7]], clean[:3], nudged[None]])
+    brute = (x.flatten(1)[:, None, :] == det._ref_inputs[None]).all(-1)
+    assert torch.equal(det._itself(x), brute)
+    assert det._itself(x).sum(1).tolist()[:3] == [1, 1, 1] and not det._itself(x)[-1].any()

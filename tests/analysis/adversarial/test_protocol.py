@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from analysis.adversarial.protocol import SourceSplit, detection_metrics, labelled, tpr_at_fpr
+from sklearn.metrics import roc_auc_score
+
+from analysis.adversarial.protocol import SourceSplit, _weighted_points, detection_metrics, labelled, tpr_at_fpr
 
 
 def test_source_split_is_a_fixed_partition():
@@ -53,3 +55,17 @@ def test_confusion_at_a_threshold_matches_counting_directly():
         assert c["adversarial flagged"] == int(((scores >= t) & (labels == 1)).sum())
         assert c["clean flagged"] == int(((scores >= t) & (labels == 0)).sum())
         assert c["adversarial flagged"] + c["adversarial missed"] == 200
+
+
+def test_resampled_metrics_equal_sklearn_on_the_resampled_rows():
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.zeros(150), np.ones(90)].astype(int)
+    scores = np.round(np.clip(rng.normal(0.4 + 0.2 * labels, 0.25), 0, 1), 2)  # many ties, some at 0.5
+    draws = [rng.integers(0, len(labels), len(labels)) for _ in range(30)]
+    counts = np.stack([np.bincount(d, minlength=len(labels)) for d in draws])
+    fast = _weighted_points(labels, scores, counts)
+    for row, idx in zip(fast, draws):
+        y, s = labels[idx], scores[idx]
+        assert row[0] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        assert row[1] == pytest.approx(tpr_at_fpr(y, s), abs=1e-12)
+        assert row[2] == pytest.approx(((s >= 0.5) == y).mean(), abs=1e-12)
