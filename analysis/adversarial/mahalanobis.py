@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from analysis.adversarial.detector_base import (
@@ -56,9 +57,10 @@ class MahalanobisLee(Detector):
     detector's (eval mode, argmax decisions), so inside ``models.relaxed_decisions`` the value of
     ``torch_logit`` is still the logit of ``score``.
 
-    Cost per image: ``features`` one forward pass and, per block, one backward and one forward
-    pass (one forward pass in all when eps is 0); ``select`` shares the forward and backward
-    passes among ``MAGNITUDES`` and adds one forward pass per block and non-zero magnitude.
+    Cost per image: ``features`` one forward pass and, per block, one backward pass and one
+    forward pass that stops at that block (one forward pass in all when eps is 0); ``select``
+    shares the forward and backward passes among ``MAGNITUDES`` and adds one such partial forward
+    pass per block and non-zero magnitude, and hands ``fit`` the chosen magnitude's features.
     """
 
     family = "baseline"
@@ -73,6 +75,7 @@ class MahalanobisLee(Detector):
                                 f"on validation, got {magnitude!r}")
         self._search = magnitude is None
         self._blocks = _stage_outputs(model, ref_x[:2])
+        self._modules_by_name = dict(model.named_modules())
         pairs = _pairs(ref_x, ref_y, batch_size) if reference_loader is None else reference_loader
         self.means, self.precisions, n = self._class_gaussians(pairs)
         self.feature_names = list(self.means)
@@ -136,8 +139,27 @@ class MahalanobisLee(Detector):
         cols = []
         for name, sign in zip(self.feature_names, signs):
             step = (x.detach() - eps * sign).clamp(0, 1) - x.detach()  # towards the closest mean, a constant
-            cols.append(-self._distances(self._pooled(x + step)[name], name).min(1).values)
+            cols.append(-self._distances(self._block(x + step, name), name).min(1).values)
         return torch.stack(cols, 1)
+
+    def _block(self, x: Tensor, name: str) -> Tensor:
+        """(B, D) float64 features of one block: the forward pass stops at that block's layer."""
+        if name == "fc.input":
+            return self._pooled(x)[name]
+        found: dict[str, Tensor] = {}
+
+        def stop(_module, _inputs, output):
+            found["out"] = output
+            raise _Reached
+
+        handle = self._modules_by_name[name].register_forward_hook(stop)
+        try:
+            self.model(x)
+        except _Reached:
+            pass
+        finally:
+            handle.remove()
+        return F.relu(found["out"]).flatten(2).mean(2).double()  # as activations() keeps it: after ReLU
 
     def torch_features(self, x: Tensor) -> Tensor:
         """(B, F) float64 per-block confidences of one batch at the chosen magnitude, differentiable
@@ -184,6 +206,10 @@ class MahalanobisLee(Detector):
         best = max(range(len(MAGNITUDES)), key=lambda i: aucs[str(MAGNITUDES[i])])
         self.params.update(magnitude=MAGNITUDES[best], magnitude_auc=aucs)
         return (feats[0][best], feats[1][best]), (feats[2][best], feats[3][best])
+
+
+class _Reached(Exception):
+    """Raised by a forward hook to end a forward pass at the layer a block score needs."""
 
 
 class _ClassMoments:
