@@ -193,8 +193,20 @@ def _detection(store, run, split, clean, attacks, config, force, log) -> dict:
     inputs = AuditInputs(x=x, clean_rows=clean["rows"], clean_log_probs=clean["log_probs"],
                          attacks={n: attacks[n] for n in config.attacks},
                          attack_params={n: store.data(f"attack-{n}")["params"] for n in config.attacks})
+
+    def stored(name: str, compute: Callable[[], dict]) -> dict:
+        """Each attack's part of the audit is an entry of its own, saved as soon as it is done, so an
+        interrupted audit resumes with the next attack (its parameters: the whole audit's)."""
+        key, part_params = f"detection-{name}", {**params, "part": name}
+        if force or not store.has(key, part_params):
+            store.save(key, part_params, data=compute())
+        else:
+            log(f"detection on {name}: kept from an earlier run")
+        return store.data(key, part_params)
+
     results = audit(run.model, inputs, detectors, seed=config.seed, n_boot=config.n_boot,
-                    adaptive_on="pgd" if config.adaptive else None, adaptive_limit=config.adaptive_limit, log=log)
+                    adaptive_on="pgd" if config.adaptive else None, adaptive_limit=config.adaptive_limit, log=log,
+                    stored=stored)
     results["reference"] = {"images": int(len(ref_x)), "lee": int(len(train))}
     store.save("detection", params, data=results)
     return results

@@ -42,47 +42,94 @@ class AuditInputs:
 
 
 def audit(model: Network, data: AuditInputs, detectors: dict[str, Detector], *, seed: int = 0, n_boot: int = 1000,
-          adaptive_on: str | None = "pgd", adaptive_limit: int = 1000, log: Callable[[str], None] = print) -> dict:
+          adaptive_on: str | None = "pgd", adaptive_limit: int = 1000, log: Callable[[str], None] = print,
+          stored: Callable[[str, Callable[[], dict]], dict] | None = None) -> dict:
     """Fit every detector (built once, ``Detector.fresh`` per attack) on every attack and score it;
-    returns the JSON-ready results (see the module docstring for the protocol)."""
+    returns the JSON-ready results (see the module docstring for the protocol).
+
+    The work is one :func:`audit_attack` part per attack, independent of the others; ``stored(name,
+    compute)`` may return a part kept from an earlier, interrupted audit instead of computing it
+    (``analyze`` stores each part as it finishes, so an audit resumes where it stopped)."""
     sides = SourceSplit.of(len(data.x), seed=seed)
-    results: dict = {"format": 3, "split": {"train": int(len(sides.train)), "test": int(len(sides.test))},
-                     "n_images": int(len(data.x)), "attacks": {}, "best_decision": {}, "transfer": {},
-                     "layers": {}, "adaptive": {}}
-    trained: dict[tuple[str, str], Detector] = {}
-    test_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    test_sets = {name: test for name in data.attacks if (test := _test_side(data, name, sides)) is not None}
     score = _Scores()
-    for name, adv in data.attacks.items():
-        rows = adv["rows"]
-        ok = rows["success"].to_numpy().astype(bool)
-        src = rows["source"].to_numpy()[ok]
-        tr, te = sides.sides(src)
-        x_adv = torch.from_numpy(np.ascontiguousarray(adv["x_adv"][ok]))
-        summary = _attack_summary(model, name, rows, ok, x_adv, data.attack_params[name])
-        results["attacks"][name] = summary
-        if tr.sum() < 10 or te.sum() < 5:
-            log(f"attack {name}: too few successful adversarials to train and test detectors")
-            continue
-        train_c, train_a = data.x[torch.from_numpy(src[tr])], x_adv[torch.from_numpy(tr)]
-        test_sets[name] = (data.x[torch.from_numpy(src[te])], x_adv[torch.from_numpy(te)])
-        for det_name, proto in detectors.items():
-            log(f"detector {det_name} on {name}")
-            det = proto.fresh().fit(train_c, train_a, seed=seed)
-            scores, labels = labelled(score(det_name, det, (name, "clean"), test_sets[name][0]),
-                                      score(det_name, det, (name, "adversarial"), test_sets[name][1]))
-            summary["detectors"][det_name] = {
-                **detection_metrics(labels, scores, n_boot=n_boot, seed=seed), "family": proto.family,
-                "validation_auc": None if det.validation is None else det.validation["auc"], "params": det.params}
-            trained[(name, det_name)] = det
-        results["best_decision"][name] = _best_by_validation(summary["detectors"])
-        if data.clean_log_probs.ndim == 3 and data.clean_log_probs.shape[1]:
-            n_layers = data.clean_log_probs.shape[1]
-            results["layers"][name] = per_layer_auc(data.clean_log_probs.reshape(len(data.x), -1),
-                                                    adv["log_probs"][ok].reshape(int(ok.sum()), -1), src, sides, n_layers)
-    results["transfer"] = _transfer(trained, test_sets, score, log)
-    if adaptive_on in test_sets:
-        results["adaptive"] = _adaptive(model, data, sides, trained, adaptive_on, adaptive_limit, n_boot, seed, log)
-    return results
+    parts = {}
+    for name in data.attacks:
+        def compute(name=name):
+            return audit_attack(model, data, detectors, name, sides=sides, test_sets=test_sets, score=score, seed=seed,
+                                n_boot=n_boot, adaptive=name == adaptive_on, adaptive_limit=adaptive_limit, log=log)
+        parts[name] = stored(name, compute) if stored else compute()
+    return combined(parts, sides, n_images=len(data.x))
+
+
+def combined(parts: dict[str, dict], sides: SourceSplit, *, n_images: int) -> dict:
+    """The audit's results from its per-attack parts (:func:`audit_attack`)."""
+    return {"format": 3, "split": {"train": int(len(sides.train)), "test": int(len(sides.test))},
+            "n_images": int(n_images), "attacks": {n: p["summary"] for n, p in parts.items()},
+            "best_decision": {n: p["best_decision"] for n, p in parts.items() if "best_decision" in p},
+            "transfer": _transposed({n: p["transfer"] for n, p in parts.items() if p.get("transfer")}),
+            "layers": {n: p["layers"] for n, p in parts.items() if "layers" in p},
+            "adaptive": next((p["adaptive"] for p in parts.values() if p.get("adaptive")), {})}
+
+
+def _transposed(rows: dict[str, dict[str, dict]]) -> dict:
+    """{training attack: {detector: row}} -> {detector: {training attack: row}}."""
+    out: dict = {}
+    for train_name, by_detector in rows.items():
+        for det_name, row in by_detector.items():
+            out.setdefault(det_name, {})[train_name] = row
+    return out
+
+
+def _test_side(data: AuditInputs, name: str, sides: SourceSplit) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(clean, adversarial) images of the attack's successful sources on the test side, or None
+    when there are too few to train and test detectors."""
+    ok = data.attacks[name]["rows"]["success"].to_numpy().astype(bool)
+    src = data.attacks[name]["rows"]["source"].to_numpy()[ok]
+    tr, te = sides.sides(src)
+    if tr.sum() < 10 or te.sum() < 5:
+        return None
+    x_adv = data.attacks[name]["x_adv"]
+    return data.x[torch.from_numpy(src[te])], torch.from_numpy(np.ascontiguousarray(x_adv[ok][te]))
+
+
+def audit_attack(model: Network, data: AuditInputs, detectors: dict[str, Detector], name: str, *, sides: SourceSplit,
+                 test_sets: dict, score: "_Scores", seed: int, n_boot: int, adaptive: bool, adaptive_limit: int,
+                 log: Callable[[str], None]) -> dict:
+    """One attack's part of the audit: its summary with every detector fitted on its training side
+    and scored on its test side, the best decision variant by validation, the per-layer AUCs, the
+    transfer row (these detectors scored on every attack's test side in ``test_sets``) and, when
+    ``adaptive``, every detector attacked adaptively with this attack's budget."""
+    adv = data.attacks[name]
+    rows = adv["rows"]
+    ok = rows["success"].to_numpy().astype(bool)
+    src = rows["source"].to_numpy()[ok]
+    tr, _ = sides.sides(src)
+    x_adv = torch.from_numpy(np.ascontiguousarray(adv["x_adv"][ok]))
+    summary = _attack_summary(model, name, rows, ok, x_adv, data.attack_params[name])
+    if name not in test_sets:
+        log(f"attack {name}: too few successful adversarials to train and test detectors")
+        return {"summary": summary}
+    train_c, train_a = data.x[torch.from_numpy(src[tr])], x_adv[torch.from_numpy(tr)]
+    trained: dict[str, Detector] = {}
+    for det_name, proto in detectors.items():
+        log(f"detector {det_name} on {name}")
+        det = proto.fresh().fit(train_c, train_a, seed=seed)
+        scores, labels = labelled(score(det_name, det, (name, "clean"), test_sets[name][0]),
+                                  score(det_name, det, (name, "adversarial"), test_sets[name][1]))
+        summary["detectors"][det_name] = {
+            **detection_metrics(labels, scores, n_boot=n_boot, seed=seed), "family": proto.family,
+            "validation_auc": None if det.validation is None else det.validation["auc"], "params": det.params}
+        trained[det_name] = det
+    part = {"summary": summary, "best_decision": _best_by_validation(summary["detectors"]),
+            "transfer": _transfer_row(name, trained, test_sets, score, log)}
+    if data.clean_log_probs.ndim == 3 and data.clean_log_probs.shape[1]:
+        n_layers = data.clean_log_probs.shape[1]
+        part["layers"] = per_layer_auc(data.clean_log_probs.reshape(len(data.x), -1),
+                                       adv["log_probs"][ok].reshape(int(ok.sum()), -1), src, sides, n_layers)
+    if adaptive:
+        part["adaptive"] = _adaptive(model, data, sides, trained, name, adaptive_limit, n_boot, seed, log)
+    return part
 
 
 def _attack_summary(model: Network, name: str, rows, ok: np.ndarray, x_adv: torch.Tensor, params: dict) -> dict:
@@ -121,21 +168,20 @@ class _Scores:
         return det.score_features(self._features[memo])
 
 
-def _transfer(trained: dict, test_sets: dict, score: _Scores, log) -> dict:
-    """ROC-AUC of each detector trained on attack A (rows) and tested on attack B's test side
-    (columns); the diagonal is the known-attack figure, the FGSM row Lee et al.'s unknown-attack
-    setting."""
+def _transfer_row(train_name: str, trained: dict[str, Detector], test_sets: dict, score: _Scores, log) -> dict:
+    """ROC-AUC of each detector trained on ``train_name`` on every attack's test side: one row of
+    the known / unknown / transfer matrix (the diagonal is the known-attack figure, the FGSM row
+    Lee et al.'s unknown-attack setting)."""
     from sklearn.metrics import roc_auc_score
 
-    matrix: dict = {}
-    for (train_name, det_name), det in trained.items():
-        log(f"transfer: {det_name} trained on {train_name}")
-        row = matrix.setdefault(det_name, {}).setdefault(train_name, {})
+    log(f"transfer: detectors trained on {train_name} on {len(test_sets)} attacks' test sides")
+    row: dict = {}
+    for det_name, det in trained.items():
         for test_name, (clean, adv) in test_sets.items():
             scores, labels = labelled(score(det_name, det, (test_name, "clean"), clean),
                                       score(det_name, det, (test_name, "adversarial"), adv))
-            row[test_name] = float(roc_auc_score(labels, scores))
-    return matrix
+            row.setdefault(det_name, {})[test_name] = float(roc_auc_score(labels, scores))
+    return row
 
 
 def _adaptive(model, data: AuditInputs, sides, trained, attack: str, limit: int, n_boot: int, seed: int, log) -> dict:
@@ -150,17 +196,17 @@ def _adaptive(model, data: AuditInputs, sides, trained, attack: str, limit: int,
     xt, yt = data.x[torch.from_numpy(targets)], torch.from_numpy(labels_all[targets])
     crafted: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     out: dict = {}
-    names = [n for (a, n) in trained if a == attack]
-    differentiable = {n: trained[(attack, n)].differentiable for n in names}
+    names = list(trained)
+    differentiable = {n: trained[n].differentiable for n in names}
     for name in sorted(names, key=lambda n: not differentiable[n]):  # crafted ones first, transfers after
-        det = trained[(attack, name)]
+        det = trained[name]
         source = name if differentiable[name] else "decision-logreg"
         if source not in crafted:
             if source not in names:
                 continue
             log(f"adaptive PGD against {source} on {len(targets)} test-side inputs")
             torch.manual_seed(seed)
-            crafted[source] = adaptive_pgd(model, trained[(attack, source)].torch_logit, xt, yt, eps=params["eps"],
+            crafted[source] = adaptive_pgd(model, trained[source].torch_logit, xt, yt, eps=params["eps"],
                                            step=params["step_size"], steps=params["steps"])
         x_adv, success = crafted[source]
         s = success.numpy().astype(bool)

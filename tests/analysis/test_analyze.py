@@ -138,3 +138,34 @@ def test_clean_features_stream_to_disk_in_chunks_equal_to_one_pass(tmp_path, mon
     assert store.table("clean", "rows").equals(outputs_table(expected))
     np.testing.assert_allclose(store.array("clean", "log_probs"), expected.log_probs, atol=1e-6)
     assert not [f for f in store.path.iterdir() if f.name.endswith(".tmp")]
+
+
+def test_an_interrupted_audit_resumes_with_the_next_attack(tmp_path, monkeypatch):
+    import analysis.adversarial.audit as audit_module
+
+    path = tmp_path / "dynamic"
+    shutil.copytree(DEFAULT_RUN, path, ignore=shutil.ignore_patterns("analysis"))
+    config = AnalyzeConfig(limit=120, attacks=("fgsm", "pgd"), reference=300, n_boot=50, adaptive=False,
+                           compute_eps=(), detectors=("decision-logreg", "margin"), simplified=False)
+    real, done = audit_module.audit_attack, []
+
+    def dies_on_pgd(*args, **kwargs):
+        if args[3] == "pgd":
+            raise KeyboardInterrupt("killed")
+        done.append(args[3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(audit_module, "audit_attack", dies_on_pgd)
+    with pytest.raises(KeyboardInterrupt):
+        analyze(load_run(path), config, log=lambda s: None)
+    store = AnalysisStore(load_run(path))
+    assert done == ["fgsm"] and store.params("detection-fgsm") is not None and store.params("detection") is None
+
+    monkeypatch.setattr(audit_module, "audit_attack", lambda *a, **k: (done.append(a[3]), real(*a, **k))[1])
+    messages = []
+    resumed = analyze(load_run(path), config, log=messages.append)
+    assert done == ["fgsm", "pgd"]  # fgsm's part was not computed again
+    assert "detection on fgsm: kept from an earlier run" in messages
+    fresh = tmp_path / "fresh"
+    shutil.copytree(DEFAULT_RUN, fresh, ignore=shutil.ignore_patterns("analysis"))
+    assert resumed == analyze(load_run(fresh), config, log=lambda s: None)  # the same as one uninterrupted run
