@@ -316,3 +316,22 @@ def test_lid_finds_exactly_the_reference_images_among_scored_ones(shipped):
     brute = (x.flatten(1)[:, None, :] == det._ref_inputs[None]).all(-1)
     assert torch.equal(det._itself(x), brute)
     assert det._itself(x).sum(1).tolist()[:3] == [1, 1, 1] and not det._itself(x)[-1].any()
+
+
+def test_lid_neighbour_distances_are_exact_even_for_near_duplicates():
+    from analysis.adversarial.baselines import _nearest
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.relu(torch.randn(300, 2000, generator=g)) * 30  # large norms: the matmul's rounding is largest
+    points = torch.cat([ref[:4] + 1e-7 * torch.randn(4, 2000, generator=g), ref[4:6],
+                        torch.relu(torch.randn(40, 2000, generator=g)) * 30]).requires_grad_()
+    exclude = torch.zeros(46, 300, dtype=torch.bool)
+    exclude[4, 4] = True  # a point that is itself a reference image
+    exact = torch.cdist(points.double(), ref.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    exact = exact.masked_fill(exclude, float("inf")).topk(20, dim=1, largest=False).values
+    ours = _nearest(points, ref, 20, exclude)
+    np.testing.assert_allclose(ours.detach().numpy()[:4, 0], exact.detach().numpy()[:4, 0], rtol=1e-6)  # ~1e-7 * sqrt(2000)
+    np.testing.assert_allclose(ours.detach().numpy(), exact.detach().numpy(), rtol=1e-9, atol=1e-150)
+    assert ours[5, 0] == torch.finfo(torch.float64).tiny ** 0.5  # an exact duplicate not excluded: distance 0
+    ours.sum().backward()
+    assert torch.isfinite(points.grad).all()
