@@ -280,3 +280,29 @@ def umap_points(run: Run, *, neighbors: int, min_dist: float, seed: int = 0,
         check_finite(f"{store.path}: the stored decision features ({name})", torch.from_numpy(entry["log_probs"]))
     params = _umap(store, clean, attacks, config, False, log)
     return store.table("umap", "points", params)  # these parameters' points, not the latest session's
+
+
+def map_reading_scores(run: Run) -> dict[tuple[str, int], float]:
+    """P(adversarial) of every stored point, keyed by (kind, row): "clean" or the attack, and the
+    row in that entry's table, from a logistic regression on standardised decision features fitted
+    on all stored points (clean against every attack). A reading aid for the map, not the audited
+    detector (which never scores the inputs it was fitted on)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    store = AnalysisStore(run)
+    keys, features = [], []
+    for name in store.names():
+        if name == "clean" or name.startswith("attack-"):
+            f = store.array(name, "log_probs")
+            keys += [("clean" if name == "clean" else name.removeprefix("attack-"), i) for i in range(len(f))]
+            features.append(decision_features_of(f))
+    if not features:
+        return {}
+    x = np.concatenate(features)
+    y = np.array([kind != "clean" for kind, _ in keys])
+    if len(np.unique(y)) < 2:
+        return {}
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
+    return dict(zip(keys, clf.predict_proba(x)[:, 1].round(3).tolist()))

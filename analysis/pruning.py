@@ -223,7 +223,8 @@ class MaskSearch:
         elif met:
             message = f"threshold {t:.4g}: predicted {ratio:.1%} of the ungated MACs"
         else:
-            message = f"target {target:.1%} not met exactly: threshold {t:.4g} gives {ratio:.1%} of the ungated MACs"
+            message = (f"target reduction {target:.1%} not met exactly: threshold {t:.4g} gives a reduction of "
+                       f"{1 - ratio:.1%} (keeps {ratio:.1%} of the ungated MACs)")
         return MaskThreshold(target=target, threshold=t, predicted_ratio=ratio, unthresholded_ratio=base,
                              met=bool(met or base <= goal), message=message)
 
@@ -303,8 +304,9 @@ def refined_mask_threshold(model: Network, split, search: MaskSearch, target: fl
         message = (f"threshold {t:.4g}: evaluated {ratio:.1%} of the ungated MACs with its own decisions "
                    f"({tries}; the cached decisions predicted {predicted:.1%})")
     else:
-        message = (f"target {target:.1%} not met exactly: threshold {t:.4g} gives evaluated {ratio:.1%} of the "
-                   f"ungated MACs ({tries}; the cached decisions predicted {predicted:.1%})")
+        message = (f"target reduction {target:.1%} not met exactly: threshold {t:.4g} gives an evaluated reduction "
+                   f"of {1 - ratio:.1%} (keeps {ratio:.1%} of the ungated MACs; {tries}; the cached decisions "
+                   f"predicted {predicted:.1%} kept)")
     found = MaskThreshold(target=target, threshold=t, predicted_ratio=predicted, unthresholded_ratio=base,
                           met=bool(met), message=message, evaluated_ratio=ratio, rounds=len(evaluated))
     return found, out

@@ -60,7 +60,8 @@ def test_analysis_under_torchrun_equals_one_process_row_for_row(tmp_path):
         assert list(a["source"]) == list(b["source"]) and len(a) > 500
         np.testing.assert_allclose(one.array(name, "x_adv"), two.array(name, "x_adv"), atol=1e-5)
         np.testing.assert_allclose(one.array(name, "log_probs"), two.array(name, "log_probs"), atol=1e-4)
-    assert set(two.names()) == {"clean", "attack-fgsm", "attack-pgd", "detection", "umap", "compute"}
+    assert set(two.names()) == {"clean", "attack-fgsm", "attack-pgd", "detection", "detection-fgsm", "detection-pgd",
+                                "umap", "compute"}  # the audit's per-attack parts: rank 0 stores them as it goes
     c1, c2 = one.data("compute")["results"], two.data("compute")["results"]  # rank 0 alone runs it, as one process
     assert set(c1) == set(c2) and c1
     for budget in c1:

@@ -25,7 +25,8 @@ if results["format"] < 3:
 
 table = audit_table(results)
 params = get_analysis_params(path, sha, "detection") or {}
-analysed = f"its first {params['limit']:,} images" if params.get("limit") else "all its images"
+analysed = (f"its first {params['limit']:,} images" if params.get("limit") else
+            f"all {results['n_images']:,} of its images" if results.get("n_images") else "all its images")
 st.caption(f"The `{params.get('split', '?')}` split, {analysed}. "
            f"Successful attacks only. Clean and attacked versions of an image fall on the same side of a "
            f"{results['split']['train']}/{results['split']['test']} split of the analysed images; detectors train on the training side, choose hyperparameters on a validation part of it, and "

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis import NonFiniteError
-from analysis.analyze import umap_points
+from analysis.analyze import map_reading_scores, umap_points
 from app import figures
 from app.widgets import chart
 from app.state import get_analysis_table, missing_analysis, sidebar
@@ -31,26 +31,9 @@ def points(path: str, sha: str, neighbors: int, min_dist: float) -> pd.DataFrame
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def detector_scores(path: str, sha: str) -> dict:
-    """P(adversarial) of a decision-feature logistic regression fitted on all stored points
-    (clean vs every attack): a reading aid for the map, not the audited detector."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from analysis.store import AnalysisStore
     from app.state import get_run
 
-    store = AnalysisStore(get_run(path))
-    keys, features = [], []
-    for name in store.names():
-        if name == "clean" or name.startswith("attack-"):
-            f = store.array(name, "log_probs")
-            keys += [("clean" if name == "clean" else name[7:], i) for i in range(len(f))]
-            features.append(f.reshape(len(f), -1))
-    x = np.concatenate(features)
-    y = np.array([k[0] != "clean" for k in keys])
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x, y)
-    return dict(zip(keys, clf.predict_proba(x)[:, 1].round(3)))
+    return map_reading_scores(get_run(path))
 
 
 def image_of(path: str, sha: str, kind: str, source: int, row: int) -> np.ndarray:

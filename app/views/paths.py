@@ -79,8 +79,9 @@ with right:
     st.image(x_adv[0].permute(1, 2, 0).numpy(), width=112)
     st.metric("Prediction", meta.class_names[attacked.prediction],
               delta="flipped" if attacked.prediction != clean.prediction else "unchanged", delta_color="off")
-    st.metric("Counted MACs", f"{attacked.macs / 1e6:.2f} M",
-              delta=f"{(attacked.macs - clean.macs) / 1e6:+.2f} M", delta_color="inverse")
+    change = round((attacked.macs - clean.macs) / 1e6, 2)  # no change is neutral, not a red "+0.00 M"
+    st.metric("Counted MACs", f"{attacked.macs / 1e6:.2f} M", delta=f"{change:+.2f} M" if change else "no change",
+              delta_color="inverse" if change else "off")
 
 changed = changed_layers(clean, attacked)
 st.markdown(f"**Layers whose decision changed under attack:** {', '.join(f'gate {l}' for l in changed) or 'none'}")

@@ -65,6 +65,20 @@ def test_detection_table_has_every_detector_with_intervals(analysed):
         assert a["attacked"] == 30 and a["crafted_against"] == det  # every one here is differentiable
 
 
+def test_the_map_reading_aid_scores_every_stored_point(analysed):
+    from analysis.analyze import map_reading_scores
+
+    run, _, _ = analysed
+    scores = map_reading_scores(run)
+    store = AnalysisStore(run)
+    n = {kind: len(store.table(entry, "rows")) for kind, entry in
+         (("clean", "clean"), ("fgsm", "attack-fgsm"), ("pgd", "attack-pgd"))}
+    assert sorted(scores) == sorted((kind, i) for kind, count in n.items() for i in range(count))
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    clean = np.mean([v for (kind, _), v in scores.items() if kind == "clean"])
+    assert np.mean([v for (kind, _), v in scores.items() if kind == "pgd"]) > clean + 0.3  # visible on MNIST
+
+
 def test_a_second_run_reuses_everything(analysed):
     run, result, _ = analysed
     messages = []

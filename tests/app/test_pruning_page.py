@@ -20,6 +20,10 @@ def test_dynamic_slider_thresholds_masks_and_labels_accuracy_without_retraining(
     assert float(shown["Counted MACs (evaluated)"].rstrip("%")) < 40.0  # the default model sits near 43%
     at.slider(key="mask_target").set_value(0.75).run()
     assert float(_metrics(at)["Counted MACs (evaluated)"].rstrip("%")) < 30.0
+    counted = next(m for m in at.metric if m.label == "Counted MACs (evaluated)")
+    assert counted.proto.delta.endswith(" pt") and counted.proto.delta.startswith("-")  # points, not a relative %
+    for warning in at.warning:  # a target not met says the reduction given, not the share kept alone
+        assert "not met" not in warning.value or "evaluated reduction of" in warning.value
     assert any(b.label == "Export threshold (JSON)" for b in at.get("download_button"))
 
 
