@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -309,17 +308,12 @@ def _list(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     import time
 
+    from analysis.adversarial.attacks import parse_overrides
     from analysis.analyze import AnalyzeConfig, analyze
     from analysis.report import format_detection
     from models import load_run
 
-    overrides: dict = {}
-    for item in args.attack_param:
-        key, _, value = item.partition("=")
-        attack, _, name = key.partition(".")
-        if not (attack and name and value):
-            raise ValueError(f"--attack-param {item!r}: expected ATTACK.NAME=VALUE, e.g. pgd.eps=0.1")
-        overrides.setdefault(attack, {})[name] = json.loads(value)
+    overrides = parse_overrides(args.attack_param)
     defaults = AnalyzeConfig()
     config = AnalyzeConfig(
         split=args.split, limit=args.limit, attacks=() if args.attacks == ["none"] else tuple(args.attacks or defaults.attacks), attack_params=overrides,

@@ -16,7 +16,6 @@ detectors per image; reference statistics once; transfer and adaptive attacks no
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ def main() -> None:
         os.environ[DATA_ENV] = os.pathsep.join(args.data)
     import torch
 
-    from analysis.adversarial.attacks import create_attack, default_params
+    from analysis.adversarial.attacks import create_attack, default_params, parse_overrides
     from analysis.adversarial.detectors import create_detector
     from analysis.adversarial.protocol import SourceSplit, detection_metrics, labelled
     from analysis.analyze import AnalyzeConfig, _images, dataset_kind, detector_specs
@@ -57,11 +56,7 @@ def main() -> None:
     print(f"{run.path}: {len(x)} test images, {accuracy:.1%} correct; torch threads {torch.get_num_threads()}")
 
     config = AnalyzeConfig()
-    overrides: dict = {}
-    for item in args.attack_param:
-        key, _, value = item.partition("=")
-        attack_name, _, field = key.partition(".")
-        overrides.setdefault(attack_name, {})[field] = json.loads(value)
+    overrides = parse_overrides(args.attack_param)
     per_image: dict[str, float] = {}
     for name in ("bim", *config.attacks):
         attack = create_attack(name, run.model, **{**default_params(name, kind), **overrides.get(name, {})})

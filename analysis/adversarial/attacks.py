@@ -18,6 +18,7 @@ Random starts draw from torch's global generator: seed it with ``torch.manual_se
 
 from __future__ import annotations
 
+import json
 import numbers
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -208,6 +209,19 @@ def create_attack(name: str, model: nn.Module, **params: Any) -> Attack:
     >>> attack = create_attack("fgsm", model, eps=8 / 255)
     """
     return _ATTACKS.get(name)(model, **params)
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``ATTACK.NAME=VALUE`` strings (VALUE in JSON) -> {attack: {name: value}}, as
+    ``gatescope analyze --attack-param`` takes them; a malformed item raises ValueError."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        attack, _, name = key.partition(".")
+        if not (attack and name and value):
+            raise ValueError(f"--attack-param {item!r}: expected ATTACK.NAME=VALUE, e.g. pgd.eps=0.1")
+        overrides.setdefault(attack, {})[name] = json.loads(value)
+    return overrides
 
 
 def default_params(name: str, dataset: str) -> dict[str, Any]:

@@ -84,13 +84,20 @@ def _transposed(rows: dict[str, dict[str, dict]]) -> dict:
 def _test_side(data: AuditInputs, name: str, sides: SourceSplit) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(clean, adversarial) images of the attack's successful sources on the test side, or None
     when there are too few to train and test detectors."""
-    ok = data.attacks[name]["rows"]["success"].to_numpy().astype(bool)
-    src = data.attacks[name]["rows"]["source"].to_numpy()[ok]
-    tr, te = sides.sides(src)
+    ok, src, tr, te = _successful(data, name, sides)
     if tr.sum() < 10 or te.sum() < 5:
         return None
     x_adv = data.attacks[name]["x_adv"]
     return data.x[torch.from_numpy(src[te])], torch.from_numpy(np.ascontiguousarray(x_adv[ok][te]))
+
+
+def _successful(data: AuditInputs, name: str, sides: SourceSplit) -> tuple[np.ndarray, ...]:
+    """The attack's success mask over its rows, the source images of the successful rows, and
+    which of those fall on the training and on the test side."""
+    rows = data.attacks[name]["rows"]
+    ok = rows["success"].to_numpy().astype(bool)
+    src = rows["source"].to_numpy()[ok]
+    return (ok, src, *sides.sides(src))
 
 
 def audit_attack(model: Network, data: AuditInputs, detectors: dict[str, Detector], name: str, *, sides: SourceSplit,
@@ -101,12 +108,9 @@ def audit_attack(model: Network, data: AuditInputs, detectors: dict[str, Detecto
     transfer row (these detectors scored on every attack's test side in ``test_sets``) and, when
     ``adaptive``, every detector attacked adaptively with this attack's budget."""
     adv = data.attacks[name]
-    rows = adv["rows"]
-    ok = rows["success"].to_numpy().astype(bool)
-    src = rows["source"].to_numpy()[ok]
-    tr, _ = sides.sides(src)
+    ok, src, tr, _ = _successful(data, name, sides)
     x_adv = torch.from_numpy(np.ascontiguousarray(adv["x_adv"][ok]))
-    summary = _attack_summary(model, name, rows, ok, x_adv, data.attack_params[name])
+    summary = _attack_summary(model, name, adv["rows"], ok, x_adv, data.attack_params[name])
     if name not in test_sets:
         log(f"attack {name}: too few successful adversarials to train and test detectors")
         return {"summary": summary}

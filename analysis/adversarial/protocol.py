@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 
 FPR_LEVEL = 0.05  # TPR is reported at this false-positive rate
 CURVE_POINTS = 200  # operating points kept of each stored ROC curve (evenly spaced, ends kept), plus
