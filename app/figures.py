@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly import colors
 from plotly.subplots import make_subplots
 
 
@@ -121,19 +122,33 @@ def thin_points(points: pd.DataFrame, limit: int = MAX_MAP_POINTS, *, seed: int 
                      f"browser stays responsive; selections refer to the points shown.")
 
 
+def class_colours(count: int) -> list[str]:
+    """A categorical colour per class (no order implied between classes)."""
+    palette = colors.qualitative.Plotly if count <= 10 else colors.qualitative.Alphabet
+    return [palette[c % len(palette)] for c in range(count)]
+
+
 def decision_map(points: pd.DataFrame, class_names: list[str]) -> go.Figure:
     """UMAP of decision features as one WebGL trace (so selection indices are row numbers):
-    colour = true class, marker = clean or the attack that produced the point."""
+    colour = true class (categorical, with a legend), marker = clean or the attack that produced
+    the point. The legend entries are empty traces: they hold no point a selection could pick."""
     kinds = list(dict.fromkeys(points["kind"]))
-    symbol = points["kind"].map({k: SYMBOLS[i % len(SYMBOLS)] for i, k in enumerate(kinds)})
+    symbols = {k: SYMBOLS[i % len(SYMBOLS)] for i, k in enumerate(kinds)}
+    colours = class_colours(len(class_names))
     fig = go.Figure(go.Scattergl(
-        x=points["x"].to_numpy(np.float32), y=points["y"].to_numpy(np.float32), mode="markers",
-        marker=dict(color=points["label"].to_numpy(), colorscale="Turbo", size=6, symbol=symbol, opacity=0.8,
-                    colorbar=dict(title="class", tickvals=list(range(len(class_names))), ticktext=class_names)),
+        x=points["x"].to_numpy(np.float32), y=points["y"].to_numpy(np.float32), mode="markers", showlegend=False,
+        marker=dict(color=[colours[c] for c in points["label"]], size=6, symbol=points["kind"].map(symbols),
+                    opacity=0.8),
         customdata=np.stack([points["source"], points["label"], points["pred"]], axis=1),
         text=points["kind"], hovertemplate="%{text} #%{customdata[0]}<br>label %{customdata[1]}, "
                                            "predicted %{customdata[2]}<extra></extra>",
     ))
+    for c, name in enumerate(class_names):
+        fig.add_trace(go.Scattergl(x=[], y=[], mode="markers", name=name, legendgroup="class",
+                                   legendgrouptitle_text="class", marker=dict(color=colours[c], size=8)))
+    for kind, symbol in symbols.items():
+        fig.add_trace(go.Scattergl(x=[], y=[], mode="markers", name=kind, legendgroup="kind",
+                                   legendgrouptitle_text="marker", marker=dict(color="#555555", size=8, symbol=symbol)))
     fig.update_layout(dragmode="lasso", margin=dict(l=10, r=10, t=30, b=10), height=560,
                       xaxis=dict(showticklabels=False, title="UMAP 1"), yaxis=dict(showticklabels=False, title="UMAP 2"))
     return fig
@@ -150,6 +165,14 @@ def path_heatmap(probs: np.ndarray, actions: np.ndarray, *, changed: list[int] |
                              name="chosen", hovertemplate="%{y}: chose action %{x}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="action", margin=dict(l=10, r=10, t=40, b=10),
                       height=120 + 40 * len(actions), showlegend=False)
+    return fig
+
+
+def class_probabilities(probs: dict[str, np.ndarray], class_names: list[str]) -> go.Figure:
+    """Class probabilities of one input under several conditions (e.g. as decided and forced), side by side."""
+    fig = go.Figure([go.Bar(x=class_names, y=p, name=name) for name, p in probs.items()])
+    fig.update_layout(barmode="group", yaxis=dict(title="probability", range=[0, 1]), xaxis=dict(type="category"),
+                      margin=dict(l=10, r=10, t=30, b=10), height=280, legend=dict(orientation="h", y=1.12))
     return fig
 
 
@@ -175,16 +198,16 @@ def sankey(labels: list[str], source: list[int], target: list[int], value: list[
     return fig
 
 
-def attribution_map(attr: np.ndarray) -> go.Figure:
-    """A signed attribution map (summed over channels): red raises the chosen action's
-    probability, blue lowers it."""
+def attribution_image(attr: np.ndarray, *, scale: int = 8) -> np.ndarray:
+    """A signed attribution map (C, H, W), summed over channels, as an RGB image (H*scale, W*scale, 3)
+    in [0, 1]: red raises the chosen action's probability, blue lowers it, white is neutral.
+    Each input pixel becomes a scale x scale block, so small inputs stay legible."""
     a = attr.sum(axis=0)
     bound = float(np.abs(a).max()) or 1.0
-    fig = go.Figure(go.Heatmap(z=a[::-1], colorscale="RdBu_r", zmin=-bound, zmax=bound,
-                               hovertemplate="(%{x}, %{y}): %{z:.3g}<extra></extra>"))
-    fig.update_layout(xaxis=dict(showticklabels=False), yaxis=dict(showticklabels=False, scaleanchor="x"),
-                      margin=dict(l=10, r=10, t=30, b=10), height=320)
-    return fig
+    t = np.clip(a / bound, -1.0, 1.0)[..., None]  # (H, W, 1) in [-1, 1]
+    red, blue, white = np.array([0.70, 0.09, 0.17]), np.array([0.13, 0.40, 0.67]), np.ones(3)
+    rgb = np.where(t >= 0, white + t * (red - white), white - t * (blue - white))
+    return np.kron(rgb, np.ones((scale, scale, 1)))
 
 
 def figure_data(fig: go.Figure) -> pd.DataFrame:

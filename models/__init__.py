@@ -10,7 +10,7 @@ from .checkpoint import (
     Run, RunError, RunMeta, build_model, find_runs, load_run, read_meta, save_run, update_metrics,
 )
 from .gates import (
-    Decision, DecisionUnit, GatedConv, MaskBank, constrain_, gated_convs, relaxed_decisions, set_tau,
+    Decision, DecisionUnit, GatedConv, MaskBank, constrain_, forced_actions, gated_convs, relaxed_decisions, set_tau,
 )
 from .macs import CostModel, LayerCost, active_channels, cost_model, prunable_convs
 from .network import Link, Network
@@ -20,5 +20,5 @@ __all__ = [
     "CostModel", "Decision", "DecisionUnit", "GatedConv", "LayerCost", "Link", "MaskBank",
     "Network", "Run", "RunError", "RunMeta", "active_channels", "build_model", "constrain_",
     "cost_model", "create_model", "find_runs", "gated_convs", "prunable_convs", "list_models", "load_run", "read_meta",
-    "register_model", "relaxed_decisions", "save_run", "set_tau", "update_metrics",
+    "register_model", "forced_actions", "relaxed_decisions", "save_run", "set_tau", "update_metrics",
 ]

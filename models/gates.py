@@ -100,6 +100,7 @@ class GatedConv(nn.Module):
         self.tau = 1.0  # Gumbel-softmax temperature, set by the trainer (not a parameter)
         self.noise = True  # training samples with Gumbel noise; False: argmax, as at inference
         self.relaxed = False  # eval: argmax forward with softmax gradients (for adaptive attacks)
+        self.forced: int | None = None  # eval: take this action whatever the unit says (counterfactuals)
         # pruning from scratch: one scalar gate per output channel, in [0, 1], initialised to 1
         self.gate = nn.Parameter(torch.ones(out_channels)) if channel_gate else None
         if gated:
@@ -126,6 +127,8 @@ class GatedConv(nn.Module):
             mask = self.bank(one_hot)
         else:
             action = logits.argmax(dim=1)
+            if self.forced is not None:
+                action = torch.full_like(action, self.forced)
             mask = self.bank.weight[action]  # indexing, not a matmul: no hidden MACs
         if decisions is not None:
             decisions.append(Decision(logits=logits, action=action, mask=mask))
@@ -170,6 +173,25 @@ def relaxed_decisions(model: nn.Module, tau: float = 1.0):
     finally:
         for g, (relaxed, old_tau) in zip(layers, saved):
             g.relaxed, g.tau = relaxed, old_tau
+
+
+@contextmanager
+def forced_actions(model: nn.Module, force: dict[int, int]):
+    """Within the block, in eval mode, gated layer ``l`` takes action ``force[l]`` for every input
+    (its decision unit still runs, so its probabilities stay observable); the others decide as usual."""
+    layers = gated_convs(model)
+    for l, a in force.items():
+        if not 0 <= l < len(layers):
+            raise ValueError(f"gate {l} does not exist; this network has gates 0..{len(layers) - 1}")
+        if not 0 <= a < layers[l].bank.weight.shape[0]:
+            raise ValueError(f"gate {l} has actions 0..{layers[l].bank.weight.shape[0] - 1}, got {a}")
+    try:
+        for l, a in force.items():
+            layers[l].forced = int(a)
+        yield model
+    finally:
+        for g in layers:
+            g.forced = None
 
 
 def set_tau(model: nn.Module, tau: float, *, noise: bool = True) -> None:

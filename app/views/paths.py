@@ -8,6 +8,7 @@ import torch
 from analysis.analyze import dataset_kind
 from analysis.adversarial.attacks import create_attack, default_params, list_attacks
 from analysis.attribution import decision_attribution
+from analysis.counterfactual import counterfactual, runner_up
 from analysis.images import ImageError, image_to_input
 from analysis.paths import changed_layers, decision_path, sankey_links
 from app import figures
@@ -103,8 +104,40 @@ c1, c2 = st.columns(2)
 layer = c1.selectbox("Gated layer", range(len(clean.actions)), format_func=lambda l: f"gate {l}", key="attr_layer")
 method = c2.radio("Method", ["integrated_gradients", "saliency"], horizontal=True, key="attr_method")
 attr, action, prob = decision_attribution(model, x, layer, method=method)
-st.caption(f"Attribution of p(action {action}) = {prob:.3f} at gate {layer} with respect to the input.")
-chart(st, figures.attribution_map(attr), key="attribution")
+st.caption(f"Attribution of p(action {action}) = {prob:.3f} at gate {layer} with respect to the input: "
+           "red pixels raise it, blue ones lower it.")
+a1, a2, _ = st.columns([1, 1, 2])
+a1.image(x[0].permute(1, 2, 0).numpy(), width=168, caption="input")
+a2.image(figures.attribution_image(attr), width=168, caption=f"attribution ({method.replace('_', ' ')})")
+
+st.subheader("What if a gate chose otherwise")
+st.caption("Force one gate to take another mask for this clean input; the gates after it decide freely on what "
+           "the forced mask lets through.")
+f1, f2 = st.columns(2)
+forced_gate = f1.selectbox("Gate", range(len(clean.actions)), format_func=lambda l: f"gate {l}", key="cf_gate")
+second = runner_up(clean, forced_gate)
+options = [second] + [a for a in range(clean.probs.shape[1]) if a != second]
+forced_action = f2.selectbox("Action to force", options, key=f"cf_action_{forced_gate}", format_func=lambda a: (
+    f"action {a} (the runner-up, p = {clean.probs[forced_gate, a]:.3f})" if a == second
+    else f"action {a} (p = {clean.probs[forced_gate, a]:.3f})" + (", the one it took" if a == clean.actions[forced_gate] else "")))
+cf = counterfactual(model, x, {forced_gate: int(forced_action)})
+m1, m2, m3 = st.columns(3)
+m1.metric("Prediction when forced", meta.class_names[cf.forced.prediction],
+          delta="changed" if cf.forced.prediction != clean.prediction else "unchanged", delta_color="off",
+          help=f"p = {cf.forced.class_probs.max():.3f}; as decided: {meta.class_names[clean.prediction]}")
+m2.metric("Later gates that changed their choice", len(cf.knock_on),
+          help=", ".join(f"gate {l}: {clean.actions[l]} -> {cf.forced.actions[l]}" for l in cf.knock_on) or "none")
+shift = round(cf.macs_change / 1e6, 3)
+m3.metric("Counted MACs when forced", f"{cf.forced.macs / 1e6:.2f} M",
+          delta=f"{shift:+.3f} M" if shift else "no change", delta_color="inverse" if shift else "off")
+if cf.knock_on:
+    st.markdown("**Knock-on changes:** " + ", ".join(
+        f"gate {l} took action {cf.forced.actions[l]} instead of {clean.actions[l]}" for l in cf.knock_on))
+cols = st.columns(2)
+chart(cols[0], figures.class_probabilities({"as decided": clean.class_probs, "forced": cf.forced.class_probs},
+                                           meta.class_names), key="cf_probs")
+chart(cols[1], figures.path_heatmap(cf.forced.probs, cf.forced.actions, changed=changed_layers(clean, cf.forced),
+                                    title=f"forced: gate {forced_gate} takes action {forced_action}"), key="cf_path")
 
 if not problem:
     st.subheader("Paths of one class")

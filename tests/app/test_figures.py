@@ -31,3 +31,30 @@ def test_large_maps_are_thinned_proportionally_and_say_so():
     assert counts["fgsm"] == 4_500 and counts["clean"] == 4_500  # the rest share what is left
     assert thinned["source"].is_monotonic_increasing and not thinned["source"].duplicated().any()
     assert "Showing 12,000 of 62,000 points" in note and "clean 4,500 of 50,000" in note
+
+
+def test_the_map_colours_classes_categorically_with_a_named_legend():
+    import pandas as pd
+
+    names = ["plane", "car", "bird"]
+    points = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0], "y": [0.0, 1.0, 0.0, 1.0], "kind": ["clean", "clean", "pgd", "pgd"],
+                           "source": [0, 1, 0, 1], "label": [0, 2, 0, 1], "pred": [0, 2, 1, 1]})
+    fig = figures.decision_map(points, names)
+    data, legend = fig.data[0], fig.data[1:]
+    colours = list(data.marker.color)
+    assert colours[0] == colours[2] != colours[1] != colours[3] != colours[0]  # same class, same colour
+    assert data.marker.colorbar.title.text is None  # no continuous colour bar
+    assert [t.name for t in legend] == names + ["clean", "pgd"]
+    assert [t.marker.color for t in legend[:3]] == [colours[0], colours[3], colours[1]]
+    assert all(len(t.x) == 0 for t in legend)  # a lasso cannot select a legend entry
+
+
+def test_attribution_image_is_red_for_positive_blue_for_negative_and_blocky():
+    attr = np.zeros((2, 2, 3))
+    attr[0, 0, 0], attr[1, 0, 0] = 1.0, 1.0  # channels are summed: +2
+    attr[0, 1, 2] = -2.0
+    img = figures.attribution_image(attr, scale=4)
+    assert img.shape == (8, 12, 3) and img.min() >= 0 and img.max() <= 1
+    red, blue, white = img[0, 0], img[4, 8], img[0, 4]
+    assert red[0] > red[2] and blue[2] > blue[0] and np.allclose(white, 1)
+    assert np.allclose(img[:4, :4], red)  # each input pixel is one 4 x 4 block

@@ -14,7 +14,8 @@ def test_a_path_clean_and_attacked_with_its_views(open_app):
     at = open_app(page=PAGE)
     shown = _metrics(at)
     assert shown["Prediction (label 3)"] == "3"  # test image 0 of mnist5k is a 3
-    assert [s.value for s in at.subheader] == ["Clean", "Attacked", "Why this decision", "Paths of one class"]
+    assert [s.value for s in at.subheader] == ["Clean", "Attacked", "Why this decision",
+                                            "What if a gate chose otherwise", "Paths of one class"]
     assert "Layers whose decision changed under attack" in at.markdown[0].value
     # a zero budget leaves the input, its prediction and its path unchanged
     at.slider(key="eps").set_value(0.0).run()
@@ -50,6 +51,22 @@ def test_by_class_and_attribution_controls(open_app):
     at.selectbox(key="attr_layer").set_value(2).run()
     assert not at.exception
     assert "at gate 2" in [c.value for c in at.caption if "Attribution" in c.value][0]
+
+
+def test_forcing_a_gate_shows_what_follows(open_app):
+    at = open_app(page=PAGE)
+    at.selectbox(key="cf_gate").set_value(1).run()
+    assert not at.exception
+    action = at.selectbox(key="cf_action_1")
+    assert "the runner-up" in action.format_func(action.value)  # the default is the runner-up
+    taken = [o for o in action.options if "the one it took" in o]
+    assert len(taken) == 1
+    at.selectbox(key="cf_action_1").select(taken[0]).run()  # forcing what it took changes nothing
+    assert not at.exception
+    shown = _metrics(at)
+    assert shown["Later gates that changed their choice"] == "0"
+    assert [m.delta for m in at.metric if m.label == "Counted MACs when forced"] == ["no change"]
+    assert [m.delta for m in at.metric if m.label == "Prediction when forced"] == ["unchanged"]
 
 
 def test_an_ungated_run_says_it_has_no_paths(open_app):
