@@ -79,3 +79,28 @@ def sankey_links(paths: np.ndarray) -> tuple[list[str], list[int], list[int], li
             target.append(labels[(l + 1, int(b))])
             value.append(int(c))
     return [f"g{l}:a{k}" for (l, k) in labels], source, target, value
+
+
+def path_neighbours(paths: np.ndarray, features: np.ndarray, path: np.ndarray, feature: np.ndarray, *,
+                    k: int = 8, exclude: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` rows of ``paths`` (N, L) nearest to ``path`` (L,) in path space: Hamming distance
+    over the argmax actions, ties broken by the Euclidean distance of the decision features
+    (N, D) to ``feature`` (D,). Returns their indices and Hamming distances, nearest first;
+    ``exclude`` drops one row (the query itself when it is in the set)."""
+    hamming = (paths != path[None]).sum(axis=1)
+    distance = np.linalg.norm(features - feature[None], axis=1)
+    order = np.lexsort((distance, hamming))
+    if exclude is not None:
+        order = order[order != exclude]
+    return order[:k], hamming[order[:k]]
+
+
+def confident_choosers(log_probs: np.ndarray, gate: int, action: int, *, k: int = 8,
+                       among: np.ndarray | None = None) -> np.ndarray:
+    """Indices of up to ``k`` inputs that choose ``action`` at ``gate`` (argmax of ``log_probs``
+    (N, L, K)), most confident first; ``among`` (indices) restricts the candidates, e.g. to a class."""
+    rows = np.arange(len(log_probs)) if among is None else np.asarray(among)
+    scores = log_probs[rows, gate]  # (n, K)
+    chosen = rows[scores.argmax(axis=1) == action]
+    confidence = log_probs[chosen, gate, action]
+    return chosen[np.argsort(-confidence, kind="stable")[:k]]

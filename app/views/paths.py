@@ -10,10 +10,10 @@ from analysis.adversarial.attacks import create_attack, default_params, list_att
 from analysis.attribution import decision_attribution
 from analysis.counterfactual import counterfactual, runner_up
 from analysis.images import ImageError, image_to_input
-from analysis.paths import changed_layers, decision_path, sankey_links
+from analysis.paths import changed_layers, confident_choosers, decision_path, path_neighbours, sankey_links
 from app import figures
 from app.widgets import chart
-from app.state import get_analysis_table, sidebar, split_tensors, try_outputs
+from app.state import get_analysis_array, get_analysis_table, sidebar, split_tensors, try_outputs
 from models import gated_convs
 
 run, split_name = sidebar()
@@ -139,15 +139,66 @@ chart(cols[0], figures.class_probabilities({"as decided": clean.class_probs, "fo
 chart(cols[1], figures.path_heatmap(cf.forced.probs, cf.forced.actions, changed=changed_layers(clean, cf.forced),
                                     title=f"forced: gate {forced_gate} takes action {forced_action}"), key="cf_path")
 
+
+
+def thumbnails(images, captions: list[str]) -> None:
+    """A row of small images (each (C, H, W)) with captions."""
+    if len(images):
+        st.image([np.asarray(im).transpose(1, 2, 0) for im in images], width=56, caption=captions)
+    else:
+        st.caption("None.")
+
+
+def names(c) -> str:
+    return meta.class_names[int(c)]
+
+
 if not problem:
-    st.subheader("Paths of one class")
     outputs, _ = try_outputs(run, split_name)
+    features = np.exp(outputs.log_probs).reshape(len(outputs.labels), -1)  # decision features (N, L*K)
+    adv = get_analysis_table(str(run.path), meta.weights_sha256, f"attack-{attack_name}", "rows")
+    adv = adv if split_name == "test" else None  # stored attacks are of the test split
+    st.subheader("Inputs that took the same road")
+    st.caption("The nearest inputs in path space: how many gates chose differently (Hamming distance), ties "
+               "broken by the distance between decision features.")
+    near, hamming = path_neighbours(outputs.paths, features, clean.actions, clean.probs.ravel(),
+                                    exclude=None if how == "upload" else int(index))
+    thumbnails(images[near], [f"#{i} {names(outputs.labels[i])}->{names(outputs.preds[i])}, {d} off"
+                              for i, d in zip(near, hamming)])
+    if adv is not None:
+        log_probs = get_analysis_array(str(run.path), meta.weights_sha256, f"attack-{attack_name}", "log_probs")
+        x_adv = get_analysis_array(str(run.path), meta.weights_sha256, f"attack-{attack_name}", "x_adv")
+        gate_cols = [c for c in adv.columns if c.startswith("path_")]
+        near, hamming = path_neighbours(adv[gate_cols].to_numpy(), np.exp(log_probs).reshape(len(adv), -1),
+                                        clean.actions, clean.probs.ravel())
+        st.markdown(f"Attacked with {attack_name} (stored analysis, test split):")
+        thumbnails(x_adv[near], [f"#{adv['source'].iloc[i]} {names(adv['label'].iloc[i])}->{names(adv['pred'].iloc[i])}"
+                                 f", {d} off" for i, d in zip(near, hamming)])
+    g1, g2 = st.columns(2)
+    gate = g1.selectbox("Gate", range(len(clean.actions)), format_func=lambda l: f"gate {l}", key="road_gate")
+    used = np.unique(outputs.paths[:, gate])
+    choice = g2.selectbox("Action", used, key=f"road_action_{gate}",
+                          index=int(np.searchsorted(used, clean.actions[gate])) if clean.actions[gate] in used else 0,
+                          format_func=lambda a: f"action {a}" + (" (this input's)" if a == clean.actions[gate] else ""))
+    sure = confident_choosers(outputs.log_probs, gate, int(choice))
+    st.markdown(f"The inputs that choose action {choice} at gate {gate} most confidently "
+                f"({int((outputs.paths[:, gate] == choice).sum()):,} of {len(outputs.labels):,} choose it):")
+    thumbnails(images[sure], [f"#{i} {names(outputs.labels[i])}, p = {np.exp(outputs.log_probs[i, gate, choice]):.2f}"
+                              for i in sure])
+
+    st.subheader("Paths of one class")
     cls = st.selectbox("Class", range(len(meta.class_names)), format_func=lambda c: meta.class_names[c],
                        key="sankey_class")
     chart(st, figures.sankey(*sankey_links(outputs.paths[outputs.labels == cls]),
                                    title=f"clean inputs of class {meta.class_names[cls]}"), key="sankey_clean")
-    adv = get_analysis_table(str(run.path), meta.weights_sha256, f"attack-{attack_name}", "rows")
-    if adv is not None and split_name == "test":
+    members = np.flatnonzero(outputs.labels == cls)
+    node = st.selectbox("Examples of a node (gate:action)", sorted({(l, int(a)) for l in range(outputs.paths.shape[1])
+                                                                    for a in outputs.paths[members, l]}),
+                        format_func=lambda n: f"g{n[0]}:a{n[1]}", key=f"sankey_node_{cls}")
+    sure = confident_choosers(outputs.log_probs, node[0], node[1], among=members)
+    thumbnails(images[sure], [f"#{i} ->{names(outputs.preds[i])}, p = {np.exp(outputs.log_probs[i, node[0], node[1]]):.2f}"
+                              for i in sure])
+    if adv is not None:
         rows = adv[adv["success"] & (adv["label"] == cls)]
         gate_cols = [c for c in rows.columns if c.startswith("path_")]
         if len(rows):

@@ -74,3 +74,25 @@ def test_bad_uploads_are_refused_with_a_reason():
         image_to_input(b"x" * 2000, (1, 28, 28), max_bytes=1000)
     with pytest.raises(ImageError, match="decompression bomb"):
         image_to_input(_png(Image.new("L", (5000, 5000))), (1, 28, 28))
+
+
+def test_path_neighbours_rank_by_hamming_then_feature_distance():
+    from analysis.paths import path_neighbours
+
+    paths = np.array([[0, 1, 2], [0, 1, 3], [5, 5, 5], [0, 1, 2], [0, 9, 3]])
+    features = np.array([[0.0], [0.1], [0.0], [2.0], [0.0]])
+    index, hamming = path_neighbours(paths, features, np.array([0, 1, 2]), np.array([0.0]), k=4)
+    assert index.tolist() == [0, 3, 1, 4] and hamming.tolist() == [0, 0, 1, 2]
+    index, _ = path_neighbours(paths, features, paths[0], features[0], k=2, exclude=0)
+    assert index.tolist() == [3, 1]  # the query itself is left out; the same road wins over feature distance
+
+
+def test_confident_choosers_are_the_inputs_choosing_that_action_most_surely():
+    from analysis.paths import confident_choosers
+
+    probs = np.array([[[0.6, 0.4]], [[0.9, 0.1]], [[0.2, 0.8]], [[0.7, 0.3]]])
+    log_probs = np.log(probs)
+    assert confident_choosers(log_probs, 0, 0).tolist() == [1, 3, 0]
+    assert confident_choosers(log_probs, 0, 0, k=1).tolist() == [1]
+    assert confident_choosers(log_probs, 0, 1).tolist() == [2]
+    assert confident_choosers(log_probs, 0, 0, among=np.array([0, 2, 3])).tolist() == [3, 0]

@@ -15,7 +15,8 @@ def test_a_path_clean_and_attacked_with_its_views(open_app):
     shown = _metrics(at)
     assert shown["Prediction (label 3)"] == "3"  # test image 0 of mnist5k is a 3
     assert [s.value for s in at.subheader] == ["Clean", "Attacked", "Why this decision",
-                                            "What if a gate chose otherwise", "Paths of one class"]
+                                            "What if a gate chose otherwise", "Inputs that took the same road",
+                                            "Paths of one class"]
     assert "Layers whose decision changed under attack" in at.markdown[0].value
     # a zero budget leaves the input, its prediction and its path unchanged
     at.slider(key="eps").set_value(0.0).run()
@@ -67,6 +68,31 @@ def test_forcing_a_gate_shows_what_follows(open_app):
     assert shown["Later gates that changed their choice"] == "0"
     assert [m.delta for m in at.metric if m.label == "Counted MACs when forced"] == ["no change"]
     assert [m.delta for m in at.metric if m.label == "Prediction when forced"] == ["unchanged"]
+
+
+def test_the_same_road_starts_at_this_inputs_own_action(open_app):
+    import re
+
+    at = open_app(page=PAGE)
+    for gate in (0, 2):
+        at.selectbox(key="road_gate").set_value(gate).run()
+        assert not at.exception
+        action = at.selectbox(key=f"road_action_{gate}")
+        assert "(this input's)" in action.format_func(action.value)
+        text = [m.value for m in at.markdown if "most confidently" in m.value][0]
+        chosen, total = (int(n.replace(",", "")) for n in re.search(r"\(([\d,]+) of ([\d,]+) choose it", text).groups())
+        assert f"action {action.value} at gate {gate}" in text and 1 <= chosen <= total
+    at.selectbox(key="sankey_class").set_value(4).run()
+    nodes = at.selectbox(key="sankey_node_4")
+    assert not at.exception and nodes.options[0] == "g0:a" + str(nodes.value[1])
+
+
+def test_stored_attacks_join_the_same_road(open_app, analysed_run):
+    at = open_app(analysed_run, page=PAGE)
+    assert "Attacked with pgd (stored analysis, test split):" in [m.value for m in at.markdown]
+    at.selectbox(key="attack").set_value("deepfool").run()
+    assert not at.exception
+    assert "Attacked with deepfool (stored analysis, test split):" in [m.value for m in at.markdown]
 
 
 def test_an_ungated_run_says_it_has_no_paths(open_app):
