@@ -79,10 +79,11 @@ with right:
     attacked = decision_path(model, x_adv)
     st.image(x_adv[0].permute(1, 2, 0).numpy(), width=112)
     st.metric("Prediction", meta.class_names[attacked.prediction],
-              delta="flipped" if attacked.prediction != clean.prediction else "unchanged", delta_color="off")
+              delta="flipped" if attacked.prediction != clean.prediction else "unchanged", delta_color="off",
+              delta_arrow="off")
     change = round((attacked.macs - clean.macs) / 1e6, 2)  # no change is neutral, not a red "+0.00 M"
     st.metric("Counted MACs", f"{attacked.macs / 1e6:.2f} M", delta=f"{change:+.2f} M" if change else "no change",
-              delta_color="inverse" if change else "off")
+              delta_color="inverse" if change else "off", delta_arrow="auto" if change else "off")
 
 changed = changed_layers(clean, attacked)
 st.markdown(f"**Layers whose decision changed under attack:** {', '.join(f'gate {l}' for l in changed) or 'none'}")
@@ -124,12 +125,13 @@ cf = counterfactual(model, x, {forced_gate: int(forced_action)})
 m1, m2, m3 = st.columns(3)
 m1.metric("Prediction when forced", meta.class_names[cf.forced.prediction],
           delta="changed" if cf.forced.prediction != clean.prediction else "unchanged", delta_color="off",
-          help=f"p = {cf.forced.class_probs.max():.3f}; as decided: {meta.class_names[clean.prediction]}")
+          delta_arrow="off", help=f"p = {cf.forced.class_probs.max():.3f}; as decided: {meta.class_names[clean.prediction]}")
 m2.metric("Later gates that changed their choice", len(cf.knock_on),
           help=", ".join(f"gate {l}: {clean.actions[l]} -> {cf.forced.actions[l]}" for l in cf.knock_on) or "none")
 shift = round(cf.macs_change / 1e6, 3)
 m3.metric("Counted MACs when forced", f"{cf.forced.macs / 1e6:.2f} M",
-          delta=f"{shift:+.3f} M" if shift else "no change", delta_color="inverse" if shift else "off")
+          delta=f"{shift:+.3f} M" if shift else "no change", delta_color="inverse" if shift else "off",
+          delta_arrow="auto" if shift else "off")
 if cf.knock_on:
     st.markdown("**Knock-on changes:** " + ", ".join(
         f"gate {l} took action {cf.forced.actions[l]} instead of {clean.actions[l]}" for l in cf.knock_on))
@@ -144,7 +146,7 @@ chart(cols[1], figures.path_heatmap(cf.forced.probs, cf.forced.actions, changed=
 def thumbnails(images, captions: list[str]) -> None:
     """A row of small images (each (C, H, W)) with captions."""
     if len(images):
-        st.image([np.asarray(im).transpose(1, 2, 0) for im in images], width=56, caption=captions)
+        st.image([np.asarray(im).transpose(1, 2, 0) for im in images], width=84, caption=captions)
     else:
         st.caption("None.")
 
@@ -163,7 +165,7 @@ if not problem:
                "broken by the distance between decision features.")
     near, hamming = path_neighbours(outputs.paths, features, clean.actions, clean.probs.ravel(),
                                     exclude=None if how == "upload" else int(index))
-    thumbnails(images[near], [f"#{i} {names(outputs.labels[i])}->{names(outputs.preds[i])}, {d} off"
+    thumbnails(images[near], [f"#{i}: {names(outputs.labels[i])}→{names(outputs.preds[i])}, {d} off"
                               for i, d in zip(near, hamming)])
     if adv is not None:
         log_probs = get_analysis_array(str(run.path), meta.weights_sha256, f"attack-{attack_name}", "log_probs")
@@ -172,7 +174,7 @@ if not problem:
         near, hamming = path_neighbours(adv[gate_cols].to_numpy(), np.exp(log_probs).reshape(len(adv), -1),
                                         clean.actions, clean.probs.ravel())
         st.markdown(f"Attacked with {attack_name} (stored analysis, test split):")
-        thumbnails(x_adv[near], [f"#{adv['source'].iloc[i]} {names(adv['label'].iloc[i])}->{names(adv['pred'].iloc[i])}"
+        thumbnails(x_adv[near], [f"#{adv['source'].iloc[i]}: {names(adv['label'].iloc[i])}→{names(adv['pred'].iloc[i])}"
                                  f", {d} off" for i, d in zip(near, hamming)])
     g1, g2 = st.columns(2)
     gate = g1.selectbox("Gate", range(len(clean.actions)), format_func=lambda l: f"gate {l}", key="road_gate")
@@ -183,7 +185,7 @@ if not problem:
     sure = confident_choosers(outputs.log_probs, gate, int(choice))
     st.markdown(f"The inputs that choose action {choice} at gate {gate} most confidently "
                 f"({int((outputs.paths[:, gate] == choice).sum()):,} of {len(outputs.labels):,} choose it):")
-    thumbnails(images[sure], [f"#{i} {names(outputs.labels[i])}, p = {np.exp(outputs.log_probs[i, gate, choice]):.2f}"
+    thumbnails(images[sure], [f"#{i}: {names(outputs.labels[i])}, p {np.exp(outputs.log_probs[i, gate, choice]):.2f}"
                               for i in sure])
 
     st.subheader("Paths of one class")
@@ -196,7 +198,7 @@ if not problem:
                                                                     for a in outputs.paths[members, l]}),
                         format_func=lambda n: f"g{n[0]}:a{n[1]}", key=f"sankey_node_{cls}")
     sure = confident_choosers(outputs.log_probs, node[0], node[1], among=members)
-    thumbnails(images[sure], [f"#{i} ->{names(outputs.preds[i])}, p = {np.exp(outputs.log_probs[i, node[0], node[1]]):.2f}"
+    thumbnails(images[sure], [f"#{i}: →{names(outputs.preds[i])}, p {np.exp(outputs.log_probs[i, node[0], node[1]]):.2f}"
                               for i in sure])
     if adv is not None:
         rows = adv[adv["success"] & (adv["label"] == cls)]
