@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from analysis import DatasetError, NonFiniteError, Outputs, collect
 from analysis.datasets import CIFAR10_CLASSES, DATA_ENV, ROOTLESS, data_roots, load_dataset, load_run_dataset
+from app.links import follow_url, one_of, to_url
 from app.roots import PathError, command_line_runs, resolve_within, roots
 from models import Run, RunError, find_runs, load_run, read_meta
 from models.convert import import_torch_weights
@@ -193,8 +194,12 @@ def sidebar() -> tuple[Run, str]:
     _upload_run()
     _open_path()
     paths = run_paths()
+    for key, options in (("run", paths), ("split", ["test", "train"])):
+        if problem := follow_url(key, one_of(options)):
+            st.sidebar.warning(problem)
     path = st.sidebar.selectbox("Run", paths, format_func=lambda p: "/".join(Path(p).parts[-2:]), key="run")
     split = st.sidebar.radio("Split", ["test", "train"], horizontal=True, key="split")
+    to_url(run=path, split=split)
     try:
         run = get_run(path)
     except RunError as e:

@@ -72,6 +72,18 @@ if len(selected):
     shown = selected.head(12)
     st.image([image_of(path, sha, row.kind, int(row.source), int(row.row)) for row in shown.itertuples()], width=56,
              caption=[f"{r.kind} #{r.source}: {r.label}->{r.pred}" for r in shown.itertuples()])
+    open_cols = st.columns([2, 1])
+    point = open_cols[0].selectbox(
+        "Open a selected point on Decision paths", range(len(selected)), key="open_point",
+        format_func=lambda i: f"{selected.iloc[i].kind} #{selected.iloc[i].source} "
+                              f"({selected.iloc[i].label} -> {selected.iloc[i].pred})")
+    chosen = selected.iloc[point]
+    link = {"run": path, "split": "test", "pick": "by index", "index": int(chosen.source),
+            "stored": chosen.kind != "clean"}  # an attacked point opens the exact input the analysis stored
+    if chosen.kind != "clean":
+        link["attack"] = chosen.kind
+    open_cols[1].page_link("views/paths.py", label=f"Open {chosen.kind} #{chosen.source} on Decision paths",
+                           query_params=link)
     details = selected[["kind", "source", "label", "pred"]].copy()
     details["detector score"] = [scores.get((r.kind, int(r.row)), float("nan")) for r in selected.itertuples()]
     details["path"] = [path_of(path, sha, r.kind, int(r.row)) for r in selected.itertuples()]

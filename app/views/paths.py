@@ -12,6 +12,7 @@ from analysis.counterfactual import counterfactual, runner_up
 from analysis.images import ImageError, image_to_input
 from analysis.paths import changed_layers, confident_choosers, decision_path, path_neighbours, sankey_links
 from app import figures
+from app.links import follow_url, in_range, one_of, to_url
 from app.widgets import chart
 from app.state import get_analysis_array, get_analysis_table, sidebar, split_tensors, try_outputs
 from models import gated_convs
@@ -24,6 +25,13 @@ if not gated_convs(model):
     st.stop()
 
 images, labels, problem = split_tensors(run, split_name)
+gates = len(gated_convs(model))
+link_problems = [follow_url(key, convert) for key, convert in [
+    ("pick", one_of(["by index", "by class", "upload"])), ("attack", one_of(list_attacks())),
+    ("eps", in_range(0.0, 0.5, float)), ("stored", one_of([True, False])), ("attr_layer", in_range(0, gates - 1)),
+    ("cf_gate", in_range(0, gates - 1))] + ([("index", in_range(0, len(images) - 1))] if images is not None else [])]
+for message in filter(None, link_problems):
+    st.warning(message)
 how = st.radio("Pick an input", ["by index", "by class", "upload"], horizontal=True, key="pick")
 x, label = None, None
 if how == "upload":
@@ -51,11 +59,22 @@ else:
         index = st.session_state["class_index"]
         st.caption(f"Input #{index}: click a thumbnail's button to open another.")
     else:
-        index = st.number_input("Input index", 0, len(images) - 1, 0, key="index")
+        index = st.number_input("Input index", 0, len(images) - 1, key="index")
     x, label = images[int(index):int(index) + 1], int(labels[int(index)])
 
 if x is None:
     st.stop()
+
+
+
+def stored_row(attack: str, source: int) -> int | None:
+    """The row of the stored, successful ``attack`` on test input ``source``, if the analysis has one."""
+    table = get_analysis_table(str(run.path), meta.weights_sha256, f"attack-{attack}", "rows")
+    if table is None:
+        return None
+    rows = np.flatnonzero((table["source"].to_numpy() == source) & table["success"].to_numpy())
+    return int(rows[0]) if len(rows) else None
+
 
 clean = decision_path(model, x)
 left, right = st.columns(2)
@@ -68,14 +87,24 @@ with left:
 
 with right:
     st.subheader("Attacked")
-    attack_name = st.selectbox("Attack", list_attacks(), index=list_attacks().index("pgd"), key="attack")
+    st.session_state.setdefault("attack", "pgd")
+    attack_name = st.selectbox("Attack", list_attacks(), key="attack")
+    row = stored_row(attack_name, int(index)) if how != "upload" and split_name == "test" else None
+    use_stored = row is not None and st.checkbox(
+        "The stored attacked example (from the analysis)", key="stored",
+        help="the adversarial input the analysis made from this image, instead of a new attack at the epsilon below")
     params = default_params(attack_name, dataset_kind(run))
     if "eps" in params:
-        params["eps"] = st.slider("Epsilon (pixel units, L-inf)", 0.0, 0.5, float(params["eps"]), 0.005, key="eps")
-    target = torch.tensor([label if label is not None else clean.prediction])
-    torch.manual_seed(0)
-    with st.spinner(f"Running {attack_name}..."):
-        x_adv = create_attack(attack_name, model, **params)(x, target).x_adv
+        st.session_state.setdefault("eps", float(params["eps"]))
+        params["eps"] = st.slider("Epsilon (pixel units, L-inf)", 0.0, 0.5, step=0.005, key="eps", disabled=use_stored)
+    if use_stored:
+        x_adv = torch.from_numpy(get_analysis_array(str(run.path), meta.weights_sha256, f"attack-{attack_name}",
+                                                    "x_adv")[row:row + 1])
+    else:
+        target = torch.tensor([label if label is not None else clean.prediction])
+        torch.manual_seed(0)
+        with st.spinner(f"Running {attack_name}..."):
+            x_adv = create_attack(attack_name, model, **params)(x, target).x_adv
     attacked = decision_path(model, x_adv)
     st.image(x_adv[0].permute(1, 2, 0).numpy(), width=112)
     st.metric("Prediction", meta.class_names[attacked.prediction],
@@ -85,6 +114,8 @@ with right:
     st.metric("Counted MACs", f"{attacked.macs / 1e6:.2f} M", delta=f"{change:+.2f} M" if change else "no change",
               delta_color="inverse" if change else "off", delta_arrow="auto" if change else "off")
 
+to_url(pick=how, index=int(index) if how == "by index" else None, attack=attack_name,
+       eps=params.get("eps") if not use_stored else None, stored=use_stored or None)
 changed = changed_layers(clean, attacked)
 st.markdown(f"**Layers whose decision changed under attack:** {', '.join(f'gate {l}' for l in changed) or 'none'}")
 cols = st.columns(2)
@@ -104,6 +135,7 @@ st.subheader("Why this decision")
 c1, c2 = st.columns(2)
 layer = c1.selectbox("Gated layer", range(len(clean.actions)), format_func=lambda l: f"gate {l}", key="attr_layer")
 method = c2.radio("Method", ["integrated_gradients", "saliency"], horizontal=True, key="attr_method")
+to_url(attr_layer=layer)
 attr, action, prob = decision_attribution(model, x, layer, method=method)
 st.caption(f"Attribution of p(action {action}) = {prob:.3f} at gate {layer} with respect to the input: "
            "red pixels raise it, blue ones lower it.")
@@ -116,6 +148,7 @@ st.caption("Force one gate to take another mask for this clean input; the gates 
            "the forced mask lets through.")
 f1, f2 = st.columns(2)
 forced_gate = f1.selectbox("Gate", range(len(clean.actions)), format_func=lambda l: f"gate {l}", key="cf_gate")
+to_url(cf_gate=forced_gate)
 second = runner_up(clean, forced_gate)
 options = [second] + [a for a in range(clean.probs.shape[1]) if a != second]
 forced_action = f2.selectbox("Action to force", options, key=f"cf_action_{forced_gate}", format_func=lambda a: (

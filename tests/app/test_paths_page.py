@@ -98,3 +98,37 @@ def test_stored_attacks_join_the_same_road(open_app, analysed_run):
 def test_an_ungated_run_says_it_has_no_paths(open_app):
     at = open_app(BASELINE_RUN, page=PAGE)
     assert "no gated layers" in at.info[0].value
+
+
+def _opened_with(query: dict):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import REPO
+
+    at = AppTest.from_file(str(REPO / "app" / "main.py"), default_timeout=180)
+    at.run()
+    at.query_params.update(query)
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    return at
+
+
+def test_a_link_reopens_the_same_input_attack_and_gates(monkeypatch):
+    monkeypatch.delenv("GATESCOPE_RUNS", raising=False)
+    at = _opened_with({"pick": "by index", "index": "17", "attack": "fgsm", "eps": "0.05", "attr_layer": "2",
+                       "cf_gate": "1"})
+    assert at.number_input(key="index").value == 17
+    assert at.selectbox(key="attack").value == "fgsm" and at.slider(key="eps").value == 0.05
+    assert at.selectbox(key="attr_layer").value == 2 and at.selectbox(key="cf_gate").value == 1
+    at.number_input(key="index").set_value(4).run()  # the URL follows the page, so a copied link reopens it
+    assert not at.exception
+    assert at.query_params["index"] == "4" and at.query_params["attack"] == "fgsm"
+    assert at.number_input(key="index").value == 4  # the old link's value is not applied again
+
+
+def test_a_link_with_values_that_do_not_fit_says_so_and_keeps_the_defaults(monkeypatch):
+    monkeypatch.delenv("GATESCOPE_RUNS", raising=False)
+    at = _opened_with({"index": "99999", "attack": "nonsense"})
+    warnings = " ".join(w.value for w in at.warning)
+    assert "`index=99999` is not used: expected 0 to" in warnings and "`attack=nonsense` is not used" in warnings
+    assert at.number_input(key="index").value == 0 and at.selectbox(key="attack").value == "pgd"

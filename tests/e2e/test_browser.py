@@ -300,6 +300,29 @@ def test_lasso_on_the_decision_feature_map_in_chromium(browser, analysed_run, tm
         assert int(heading.split()[0]) > 50
         assert page.locator("img").count() >= 1, "thumbnails of the selected inputs"
         assert page.locator('[data-testid="stException"]').count() == 0
+        # an attacked point (not input 0, the page's default) opens on Decision paths with its stored example
+        page.locator(".st-key-open_point").click()
+        page.keyboard.type("pgd #")  # the select filters its options as one types
+        options = page.get_by_role("option")
+        options.first.wait_for(timeout=30_000)
+        texts = options.all_inner_texts()
+        pick = next(i for i, t in enumerate(texts) if not t.startswith("clean") and " #0 " not in t)
+        options.nth(pick).click()
+        _wait_idle(page)
+        link = page.locator('[data-testid="stPageLink"] a', has_text="on Decision paths")
+        page.wait_for_function("(t) => document.querySelector('[data-testid=\"stPageLink\"] a').innerText.includes(t)",
+                               arg=texts[pick].split(" (")[0], timeout=60_000)
+        kind, source = link.inner_text().removeprefix("Open ").split(" on ")[0].split(" #")
+        link.click()
+        page.wait_for_selector("text=Why this decision", timeout=120_000)
+        _wait_idle(page)
+        page.screenshot(path=str(_shots(tmp_path) / "lasso-opened.png"), full_page=True)
+        assert page.locator(".st-key-index input").input_value() == source
+        assert f"index={source}" in page.url
+        assert kind != "clean" and source != "0"
+        assert page.locator(".st-key-stored input").is_checked()
+        assert f"attack={kind}" in page.url and page.locator(".st-key-attack input").input_value() == kind
+        assert page.locator('[data-testid="stException"]').count() == 0
         assert not errors, errors
 
 
