@@ -31,6 +31,7 @@ from . import distributed
 from .augment import augment_batch
 from .datasets import DatasetSplit
 from .evaluation import collect, macs_summary
+from .path_health import epoch_record
 
 STATE_WEIGHTS = "train_state.safetensors"  # the resumable state, counters in its metadata under "state"
 STATE_META = "train_state.json"  # the counters of older gatescope versions, which wrote two files
@@ -103,6 +104,8 @@ def run_phase(
             "train_loss": totals["loss"] / totals["n"], "train_penalty": totals["penalty"] / totals["n"],
             "train_acc": totals["correct"] / totals["n"], "test_acc": test.accuracy,
             "test_macs_ratio": float(test.macs_ratio.mean()), "seconds": time.perf_counter() - t0,
+            # per-gate entropy, I(class; action) and utilisation of this evaluation (gated phases only)
+            **epoch_record(test.log_probs, test.paths, test.labels),
         }
         bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:

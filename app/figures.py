@@ -56,7 +56,11 @@ def class_action_preference(paths: np.ndarray, labels: np.ndarray, layer: int, c
             z[c] = np.bincount(chosen, minlength=num_actions) / len(chosen)
     fig = go.Figure(go.Heatmap(z=z, x=list(range(num_actions)), y=class_names, colorscale="Viridis",
                                hovertemplate="class %{y}, action %{x}: %{z:.1%}<extra></extra>"))
-    fig.update_layout(xaxis_title="action", yaxis_title="class", margin=dict(l=10, r=10, t=30, b=10), height=360)
+    # a categorical axis with one tick per class: numeric-looking names ("0".."9") would otherwise
+    # read as a linear axis that plotly labels only every other value
+    fig.update_yaxes(type="category", tickmode="array", tickvals=list(class_names), ticktext=list(class_names))
+    fig.update_layout(xaxis_title="action", yaxis_title="class", margin=dict(l=10, r=10, t=30, b=10),
+                      height=max(360, 80 + 20 * len(class_names)))
     return fig
 
 

@@ -5,8 +5,11 @@ import pandas as pd
 import streamlit as st
 
 from analysis import macs_summary
+from analysis.path_health import (
+    class_entropy, decision_entropy, health_over_epochs, path_health_table, transition_counts,
+)
 from analysis.speed import load_speed
-from app import figures
+from app import figures, health_figures
 from app.widgets import chart
 from app.state import sidebar, training_log, try_outputs
 from models import cost_model, gated_convs
@@ -81,3 +84,35 @@ if gates:
     layer = st.selectbox("Per-class action preference of gate", range(len(gates)), key="class_pref_layer")
     chart(st, figures.class_action_preference(outputs.paths, outputs.labels, layer, meta.class_names, k),
                     key="class_pref")
+
+    st.subheader("Path health")
+    st.caption(f"Measured as mixture-of-experts routing is, on the {split} split, in bits. Decision entropy: of each "
+               f"input's action distribution p_l(x), 0 when one action is certain, log2 K = {np.log2(k):.2f} when all "
+               f"{k} are equally likely. I(class; action): what the chosen action says about the class (plug-in "
+               "estimate, at most H(class)). Utilisation: the most-chosen action's share times K; 1 is even use, "
+               f"{k} is collapse.")
+    health = path_health_table(outputs.log_probs, outputs.paths, outputs.labels)
+    st.dataframe(health.drop(columns="entropy_max").rename(columns={
+        "entropy": "mean entropy (bits)", "mi": "I(class; action) (bits)", "mi_share": "share of H(class)",
+        "utilisation": "utilisation (max share × K)", "actions_used": f"actions used (of {k})"}),
+        hide_index=True, key="path_health", column_config={
+            "mean entropy (bits)": st.column_config.NumberColumn(format="%.3f"),
+            "I(class; action) (bits)": st.column_config.NumberColumn(format="%.3f"),
+            "share of H(class)": st.column_config.NumberColumn(format="percent"),
+            "utilisation (max share × K)": st.column_config.NumberColumn(format="%.2f")})
+    chart(st, health_figures.health_bars(decision_entropy(outputs.log_probs), health,
+                                         class_entropy=class_entropy(outputs.labels)), key="path_health_bars")
+    if len(gates) > 1:
+        cols = st.columns([1, 1])
+        layer = cols[0].selectbox("Transitions from gate", range(len(gates) - 1), key="transition_layer",
+                                  format_func=lambda l: f"gate {l} to gate {l + 1}")
+        shares = cols[1].radio("Show", ["row shares", "counts"], horizontal=True, key="transition_scale") == "row shares"
+        st.caption("Rows: the actions used at the first gate; columns: those used at the next one.")
+        chart(st, health_figures.transition_heatmap(transition_counts(outputs.paths, layer, k), layer, shares=shares),
+              key="transitions")
+    history = health_over_epochs(log)
+    if history.empty:
+        st.caption("The training log of this run predates per-epoch path health; runs trained from now on record it.")
+    else:
+        st.caption("Path health over training, on the test split evaluated after each epoch.")
+        chart(st, health_figures.health_evolution(history), key="path_health_epochs")

@@ -1,6 +1,8 @@
+import base64
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from conftest import DEFAULT_RUN
@@ -57,3 +59,68 @@ def test_measured_speed_is_shown_when_the_run_has_it(open_app, tmp_path):
     assert "Measured speed" in [s.value for s in at.subheader]
     table = next(d.value for d in at.dataframe)
     assert list(table["batch"]) == [1, 64] and table["counted MACs ratio"].between(0, 1).all()
+
+
+def _figure(at, key: str) -> dict:
+    """The plotly figure (as its JSON spec) of the chart drawn with ``key``."""
+    return next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if c.proto.id.endswith(f"-{key}"))
+
+
+def _array(value) -> np.ndarray:
+    """A figure's array, which plotly's JSON may hold base64-encoded ({"dtype", "bdata", "shape"})."""
+    if isinstance(value, dict) and "bdata" in value:
+        shape = [int(n) for n in str(value.get("shape", "-1")).split(",")]
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).reshape(shape)
+    return np.asarray(value)
+
+
+def test_path_health_shows_real_numbers_for_the_shipped_run(open_app):
+    from analysis import collect
+    from analysis.datasets import load_run_dataset
+    from analysis.path_health import path_health_table
+    from models import load_run
+
+    at = open_app()
+    assert "Path health" in [s.value for s in at.subheader]
+    table = next(d.value for d in at.dataframe if "mean entropy (bits)" in d.value.columns)
+    run = load_run(DEFAULT_RUN)
+    out = collect(run.model, load_run_dataset(run.meta, "test"))
+    expected = path_health_table(out.log_probs, out.paths, out.labels)
+    assert list(table["gate"]) == [0, 1, 2, 3]
+    assert table["mean entropy (bits)"].tolist() == pytest.approx(expected["entropy"].tolist())
+    assert table["mean entropy (bits)"].between(0.1, np.log2(40)).all()  # neither certain nor uniform
+    assert table["I(class; action) (bits)"].between(0.1, np.log2(10)).all()
+    assert table["utilisation (max share × K)"].between(1, 40).all() and table["actions used (of 40)"].gt(1).all()
+    assert any("predates per-epoch path health" in c.value for c in at.caption)
+    assert len(_figure(at, "path_health_bars")["data"]) == 4 + 2  # an entropy box per gate, MI and utilisation bars
+
+    heat = _figure(at, "transitions")["data"][0]
+    assert np.allclose(_array(heat["z"]).sum(axis=1), 1.0)  # row shares by default
+    at.radio(key="transition_scale").set_value("counts").run()
+    at.selectbox(key="transition_layer").set_value(2).run()
+    assert not at.exception
+    heat = _figure(at, "transitions")["data"][0]
+    assert _array(heat["z"]).sum() == 1000 and "gate 3" in _figure(at, "transitions")["layout"]["xaxis"]["title"]["text"]
+    assert len(heat["y"]) == expected["actions_used"][2] and len(heat["x"]) == expected["actions_used"][3]
+
+
+def test_the_per_class_chart_labels_every_class_by_name(open_app):
+    at = open_app()
+    names = json.loads((DEFAULT_RUN / "model.json").read_text())["class_names"]
+    axis = _figure(at, "class_pref")["layout"]["yaxis"]
+    assert axis["type"] == "category" and axis["tickvals"] == names and axis["ticktext"] == names
+
+
+def test_a_log_that_records_path_health_is_plotted_over_epochs(open_app, tmp_path):
+    run = tmp_path / "recorded"
+    shutil.copytree(DEFAULT_RUN, run, ignore=shutil.ignore_patterns("analysis"))
+    lines = [json.loads(s) for s in (run / "train_log.jsonl").read_text().splitlines()]
+    for r in lines:
+        e = r["epoch"]
+        r.update(test_entropy=[3.0 - e / 40] * 4, test_mi=[0.5 + e / 40] * 4, test_utilisation=[2.0, 3.0, 4.0, 5.0])
+    (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    at = open_app(run)
+    assert not any("predates" in c.value for c in at.caption)
+    fig = _figure(at, "path_health_epochs")
+    assert len(fig["data"]) == 4 * 3 and [t["name"] for t in fig["data"][:3]] == ["gate 0"] * 3
+    assert _array(fig["data"][0]["x"]).tolist() == [r["epoch"] for r in lines]
