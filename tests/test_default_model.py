@@ -20,8 +20,13 @@ def test_recorded_metrics_are_recomputed_from_the_shipped_weights(report):
     base = load_run(BASELINE_RUN).meta
     assert report["baseline"]["test_accuracy"] == pytest.approx(base.metrics["test_accuracy"], abs=1e-9)
     assert report["diversity"] == meta.metrics["diversity"]
-    assert report["probe_log_probs"] == pytest.approx(meta.metrics["probe_log_probs"], abs=1e-9)
-    assert report["probe_one_hot_paths"] == pytest.approx(meta.metrics["probe_one_hot_paths"], abs=1e-9)
+    # The class probes are logistic regressions fitted by lbfgs to its default tolerance: on another
+    # CPU (other BLAS kernels) the fit stops at a slightly different point and one test image of the
+    # 1,000 may change side (CI measured 0.929 for a recorded 0.930). The network's own figures above
+    # are exact.
+    one_image = 1 / report["test_images"] + 1e-9
+    assert report["probe_log_probs"] == pytest.approx(meta.metrics["probe_log_probs"], abs=one_image)
+    assert report["probe_one_hot_paths"] == pytest.approx(meta.metrics["probe_one_hot_paths"], abs=one_image)
 
 
 def test_accuracy_is_high_and_close_to_the_ungated_baseline(report):
