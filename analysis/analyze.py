@@ -59,20 +59,36 @@ def dataset_kind(run: Run) -> str:
     return "mnist" if run.meta.input_shape[0] == 1 else "cifar"
 
 
+def steps(config: AnalyzeConfig) -> list[str]:
+    """The steps :func:`analyze` goes through with ``config``, in order (what a progress display
+    counts); a step whose result is stored already passes at once."""
+    names = ["clean decision features", *(f"attack {a}" for a in config.attacks)]
+    if config.attacks:
+        names += ["detectors' reference statistics", *(f"detection on {a}" for a in config.attacks)]
+        if config.compute_eps:
+            names.append("compute attack")
+    return names + ["map (UMAP)"]
+
+
 def analyze(run: Run, config: AnalyzeConfig = AnalyzeConfig(), *, force: bool = False,
-            log: Callable[[str], None] = print) -> dict:
-    """Compute (or reuse) every analysis entry of ``run``; returns the detection results."""
+            log: Callable[[str], None] = print, step: Callable[[str], None] = lambda name: None) -> dict:
+    """Compute (or reuse) every analysis entry of ``run``; returns the detection results.
+    ``step`` is called with each name of :func:`steps` as that step begins."""
     store = AnalysisStore(run)
     split = _split(run, config)
+    step("clean decision features")
     clean = _clean(store, run, split, config, force, log)
     attacks = {}
     for name in config.attacks:
+        step(f"attack {name}")
         attacks[name] = _attack(store, run, split, clean, name, config, force, log)
     if not distributed.is_main():
         return {}  # under torchrun, detection and the map (not per-input work) run on rank 0 alone
-    detection = _detection(store, run, split, clean, attacks, config, force, log) if attacks else {}
+    detection = _detection(store, run, split, clean, attacks, config, force, log, step) if attacks else {}
     if config.compute_eps and attacks:  # --attacks none: features and the map only
+        step("compute attack")
         _compute(store, run, split, config, force, log)
+    step("map (UMAP)")
     _umap(store, clean, attacks, config, force, log)
     return detection
 
@@ -178,11 +194,12 @@ def _tensor_split(split: DatasetSplit, x: torch.Tensor, y: torch.Tensor) -> Data
     return split.with_dataset(TensorDataset(x, y))
 
 
-def _detection(store, run, split, clean, attacks, config, force, log) -> dict:
+def _detection(store, run, split, clean, attacks, config, force, log, step) -> dict:
     params = {k: v for k, v in asdict(config).items() if not k.startswith("umap_")}  # the map is not detection
     params.update(attacks={n: store.params(f"attack-{n}") for n in config.attacks}, format=3)  # 3: the full audit
     if not force and store.has("detection", params):
         return store.data("detection")
+    step("detectors' reference statistics")
     x, _ = _images(split, config.batch_size)
     train = load_run_dataset(run.meta, "train")
     ref_x, ref_y = _images(subset(train, config.reference, seed=config.seed), config.batch_size)
@@ -197,6 +214,7 @@ def _detection(store, run, split, clean, attacks, config, force, log) -> dict:
     def stored(name: str, compute: Callable[[], dict]) -> dict:
         """Each attack's part of the audit is an entry of its own, saved as soon as it is done, so an
         interrupted audit resumes with the next attack (its parameters: the whole audit's)."""
+        step(f"detection on {name}")
         key, part_params = f"detection-{name}", {**params, "part": name}
         if force or not store.has(key, part_params):
             store.save(key, part_params, data=compute())

@@ -74,6 +74,30 @@ class AnalysisStore:
         """Entries stored for the current weights."""
         return sorted(self._manifest()["entries"])
 
+    def entries(self) -> dict[str, dict]:
+        """The manifest's entries for these weights (name -> params, files, created, versions)."""
+        return self._manifest()["entries"]
+
+    def roll_back(self, before: dict[str, dict]) -> None:
+        """Put the manifest's entries back to ``before`` (an earlier :meth:`entries`): an entry
+        added since is removed and its files deleted now; one saved again since gets its earlier
+        version back while its files are still there (they are kept ``GRACE_S``), else goes."""
+        with locked(self.path / LOCK):
+            manifest = self._manifest()
+            dropped = set()
+            for name, entry in list(manifest["entries"].items()):
+                old = before.get(name)
+                if entry == old:
+                    continue
+                dropped.update(entry["files"])
+                if old is not None and all((self.path / f).is_file() for f in old["files"]):
+                    manifest["entries"][name] = old
+                else:
+                    del manifest["entries"][name]
+            atomic_write_json(self.path / MANIFEST, manifest)
+            for filename in dropped - {f for e in manifest["entries"].values() for f in e["files"]}:
+                (self.path / filename).unlink(missing_ok=True)
+
     def params(self, name: str) -> dict | None:
         entry = self._manifest()["entries"].get(name)
         return entry["params"] if entry else None

@@ -15,7 +15,7 @@ import streamlit as st
 import torch
 from torch.utils.data import DataLoader
 
-from analysis import DatasetError, NonFiniteError, Outputs, collect
+from analysis import DatasetError, NonFiniteError, Outputs
 from analysis.datasets import CIFAR10_CLASSES, DATA_ENV, ROOTLESS, data_roots, load_dataset, load_run_dataset
 from app.links import follow_url, one_of, to_url
 from app.roots import PathError, command_line_runs, resolve_within, roots
@@ -162,11 +162,14 @@ def get_run(path: str) -> Run:
     return load_run(path)
 
 
-@st.cache_data(show_spinner="Running the model over the dataset...", max_entries=8)
+@st.cache_data(show_spinner="Running the model over the dataset (once: the outputs are stored with the run)...",
+               max_entries=8)
 def get_outputs(path: str, weights_sha256: str, dataset: str, split: str) -> Outputs:
-    """Per-input outputs of a run on a split (cached per weights hash, dataset and split)."""
-    run = get_run(path)
-    return collect(run.model, load_run_dataset(run.meta, split))
+    """Per-input outputs of a run on a split (cached per weights hash, dataset and split, and on
+    disk in the run's analysis store, so a later launch reads them)."""
+    from analysis.outputs_cache import stored_outputs
+
+    return stored_outputs(get_run(path), split)
 
 
 def try_outputs(run: Run, split: str) -> tuple[Outputs | None, str | None]:
@@ -272,19 +275,24 @@ def get_mask_threshold(path: str, weights_sha256: str, target: float):
                                   target, batch_size=250)
 
 
-def missing_analysis(run: Run, what: str) -> str:
-    """Why ``what`` is not shown: never computed, or computed from other weights (stale)."""
-    from analysis.store import AnalysisStore
+def _stored_version(path: str) -> int:
+    """Changes whenever the run's analysis manifest is written (a job or the CLI saved results), so
+    the cached readers below read afresh without a restart."""
+    from analysis.store import FOLDER, MANIFEST
 
-    if AnalysisStore(run).stale():
-        return (f"The stored analysis of this run was computed from **other weights** (the weights file changed "
-                f"since), so it is not shown. Recompute {what} with `gatescope analyze {run.path}`.")
-    return f"No {what} stored for this run yet. Compute them with `gatescope analyze {run.path}`."
+    try:
+        return os.stat(Path(path) / FOLDER / MANIFEST).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def get_analysis(path: str, weights_sha256: str, name: str) -> dict | None:
+    """A stored analysis entry's JSON data (None when absent or computed from other weights)."""
+    return _analysis_data(path, weights_sha256, name, _stored_version(path))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def get_analysis(path: str, weights_sha256: str, name: str) -> dict | None:
-    """A stored analysis entry's JSON data (None when absent or computed from other weights)."""
+def _analysis_data(path: str, weights_sha256: str, name: str, version: int) -> dict | None:
     from analysis.store import AnalysisStore
 
     store = AnalysisStore(get_run(path))
@@ -298,9 +306,13 @@ def get_analysis_params(path: str, weights_sha256: str, name: str) -> dict | Non
     return AnalysisStore(get_run(path)).params(name)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
 def get_analysis_table(path: str, weights_sha256: str, name: str, key: str) -> pd.DataFrame | None:
     """A stored analysis table (None when absent or stale)."""
+    return _analysis_table(path, weights_sha256, name, key, _stored_version(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _analysis_table(path: str, weights_sha256: str, name: str, key: str, version: int) -> pd.DataFrame | None:
     from analysis.store import AnalysisStore
 
     store = AnalysisStore(get_run(path))
@@ -322,9 +334,13 @@ def split_tensors(run: Run, split: str):
         return None, None, _data_problem(run, e)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
 def get_analysis_array(path: str, weights_sha256: str, name: str, key: str):
     """A stored analysis array, read once per session cache (None when absent or stale)."""
+    return _analysis_array(path, weights_sha256, name, key, _stored_version(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _analysis_array(path: str, weights_sha256: str, name: str, key: str, version: int):
     from analysis.store import AnalysisStore
 
     store = AnalysisStore(get_run(path))

@@ -7,16 +7,15 @@ from analysis.adversarial.audit import audit_table, upgraded
 from analysis.adversarial.compute_attack import compute_table
 from analysis.adversarial.protocol import confusion_at
 from app import audit_figures, figures
-from app.state import get_analysis, get_analysis_params, get_analysis_table, missing_analysis, sidebar
+from app.jobs_panel import require_analysis
+from app.state import get_analysis, get_analysis_params, get_analysis_table, sidebar
 from app.widgets import chart
 
 run, _ = sidebar()
 sha, path = run.meta.weights_sha256, str(run.path)
 st.title("Detection")
 results = get_analysis(path, sha, "detection")
-if results is None:
-    st.info(missing_analysis(run, "detection results") + " (About 5 minutes for the shipped model on a 2-core CPU.)")
-    st.stop()
+require_analysis(run, stored=results is not None, what="the audit of adversarial-input detectors")
 results = upgraded(results)
 if results["format"] < 3:
     st.warning(f"These results were stored by an older gatescope: one adaptive attack and one transfer matrix "

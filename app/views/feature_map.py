@@ -8,14 +8,14 @@ from analysis import NonFiniteError
 from analysis.analyze import map_reading_scores, umap_points
 from app import figures
 from app.widgets import chart
-from app.state import get_analysis_table, missing_analysis, sidebar
+from app.jobs_panel import require_analysis
+from app.state import get_analysis_table, sidebar
 
 run, _ = sidebar()
 sha, path = run.meta.weights_sha256, str(run.path)
 st.title("Decision-feature map")
-if get_analysis_table(path, sha, "clean", "rows") is None:
-    st.info(missing_analysis(run, "decision features"))
-    st.stop()
+require_analysis(run, stored=get_analysis_table(path, sha, "clean", "rows") is not None,
+                 what="the map of decision features of clean and attacked inputs")
 
 cols = st.columns(3)
 neighbors = cols[0].number_input("UMAP neighbours", 2, 200, 15, key="umap_neighbors")

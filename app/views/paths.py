@@ -241,4 +241,5 @@ if not problem:
                                            title=f"the same class attacked with {attack_name} (stored analysis)"),
                             key="sankey_attacked")
     else:
-        st.caption(f"Run `gatescope analyze {run.path}` to compare with attacked inputs of the class.")
+        st.page_link("views/feature_map.py", label="Compute the run's analysis (on the map page) to compare with "
+                                                   "attacked inputs of the class")

@@ -9,11 +9,18 @@ PAGE = "views/detection.py"
 
 
 @pytest.mark.parametrize("page", [PAGE, "views/feature_map.py"])
-def test_without_analysis_the_page_says_how_to_compute_it(open_app, tmp_path, page):
+def test_without_analysis_the_page_offers_to_compute_it(open_app, tmp_path, page):
+    from analysis.analyze import AnalyzeConfig
+
     run = tmp_path / "fresh"
     shutil.copytree(DEFAULT_RUN, run, ignore=shutil.ignore_patterns("analysis"))
     at = open_app(run, page=page)
-    assert "gatescope analyze" in at.info[0].value
+    assert "not stored for this run yet" in at.info[0].value
+    defaults = AnalyzeConfig()  # the form starts from the CLI's defaults
+    assert at.multiselect(key="job_attacks").value == list(defaults.attacks)
+    assert at.multiselect(key="job_detectors").value == list(defaults.detectors)
+    assert at.number_input(key="job_limit").value == defaults.limit
+    assert any(b.label == "Start the analysis" for b in at.button)
 
 
 @pytest.mark.parametrize("page", [PAGE, "views/feature_map.py"])
@@ -37,7 +44,7 @@ def test_a_damaged_manifest_reads_as_no_analysis(open_app, analysed_run, tmp_pat
     shutil.copytree(analysed_run, run)
     (run / "analysis" / "manifest.json").write_text('[{"entries": 3}]')
     at = open_app(run, page=PAGE)
-    assert "No detection results stored" in at.info[0].value
+    assert "not stored for this run yet" in at.info[0].value
 
 
 def test_table_roc_threshold_and_layers(open_app, analysed_run):
