@@ -36,7 +36,8 @@ def test_an_analysis_of_other_weights_is_reported_stale_not_shown(open_app, anal
         moved.model.fc.bias.add_(0.01)
     save_run(run, moved.model, moved.meta)
     at = open_app(run, page=page)
-    assert "other weights" in at.info[0].value and not at.dataframe and not at.get("plotly_chart")
+    assert "other weights" in at.warning[0].value and not at.dataframe and not at.get("plotly_chart")
+    assert any(b.label == "Start the analysis" for b in at.button)  # and offers to recompute it
 
 
 def test_a_damaged_manifest_reads_as_no_analysis(open_app, analysed_run, tmp_path):
