@@ -9,5 +9,6 @@ pages = [
     st.Page("views/feature_map.py", title="Decision-feature map"),
     st.Page("views/detection.py", title="Detection"),
     st.Page("views/pruning.py", title="Pruning"),
+    st.Page("views/compare.py", title="Compare"),
 ]
 st.navigation(pages).run()

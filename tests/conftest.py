@@ -156,3 +156,45 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.write_line(f"{area:<28} {n:>6,}")
         terminalreporter.write_line(f"{'total':<28} {sum(FUZZ_COUNTS.values()):>6,}")
         config.cache.set("gatescope/fuzz", FUZZ_COUNTS)
+
+
+@pytest.fixture
+def relabelled_runs(tmp_path) -> tuple[Path, Path, list]:
+    """``(run_a, run_b, perms)``: two gated small_cnn run folders on mnist5k (untrained, K = 4,
+    random masks with zeros, BatchNorm statistics of 500 training images so that the gates' choices
+    vary with the input) computing the same function with their actions renumbered: at gate l, run
+    B's action i is run A's action ``perms[l][i]`` (mask rows and decision-unit rows permuted alike)."""
+    import numpy as np
+
+    from analysis import load_dataset
+    from models import RunMeta, build_model, gated_convs, save_run
+
+    meta = RunMeta(
+        arch="small_cnn", arch_args={"gated": True, "num_classes": 10, "in_channels": 1, "num_actions": 4},
+        dataset="mnist5k", class_names=[str(i) for i in range(10)], input_shape=[1, 28, 28],
+        mean=[0.1307], std=[0.3081], training={"seed": 0}, metrics={},
+    )
+    model = build_model(meta)
+    rng = np.random.default_rng(0)
+    perms = []
+    with torch.no_grad():
+        for gate in gated_convs(model):
+            bank = rng.uniform(0.1, 2.0, gate.bank.weight.shape) * (rng.random(gate.bank.weight.shape) > 0.3)
+            gate.bank.weight.copy_(torch.from_numpy(bank))
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.momentum = None  # a plain average over the batch below
+        train = load_dataset("mnist5k", "train").dataset
+        images = torch.stack([train[i][0] for i in range(500)])
+        model.train()
+        model(images)
+        model.eval()
+    save_run(tmp_path / "a", model, meta)
+    with torch.no_grad():
+        for gate in gated_convs(model):
+            perm = rng.permutation(gate.bank.weight.shape[0])
+            gate.bank.weight.copy_(gate.bank.weight[perm].clone())
+            gate.decision.linear.weight.copy_(gate.decision.linear.weight[perm].clone())
+            perms.append(perm)
+    save_run(tmp_path / "b", model, meta)
+    return tmp_path / "a", tmp_path / "b", perms
