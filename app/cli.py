@@ -72,9 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path)
     p.add_argument("--baseline", type=Path, help="an ungated run to compare accuracy with")
     p.add_argument("--dataset", help="dataset spec (default: the run's own)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--audit-markdown", action="store_true",
-                   help="print only the stored detection audit and compute attack as Markdown tables (no data needed)")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print JSON instead of text")
+    form.add_argument("--audit-markdown", action="store_true",
+                      help="print only the stored detection audit and compute attack as Markdown tables (no data needed)")
+    form.add_argument("--html", type=Path, metavar="OUT.html",
+                      help="write one self-contained HTML file to present (opens offline): the model card, MACs, "
+                           "path health, a Sankey per class, and the map and detection audit where analysed")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("analyze", help="attacks, decision features, detectors and UMAP into RUN/analysis",
@@ -240,6 +244,17 @@ def _report(args: argparse.Namespace) -> int:
     from models import load_run
     from models.files import dumps_json
 
+    if args.html:
+        import time
+
+        from app.html_report import write_html_report
+
+        t0 = time.perf_counter()
+        out = write_html_report(load_run(args.run), args.html, dataset=args.dataset, progress=True,
+                                baseline=load_run(args.baseline) if args.baseline else None,
+                                log=lambda s: print(f"[{time.perf_counter() - t0:5.0f} s] {s}", flush=True))
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+        return 0
     store = AnalysisStore(load_run(args.run))
     detection = store.data("detection") if store.params("detection") is not None else None
     if args.audit_markdown:

@@ -39,6 +39,32 @@ if problem:
     st.warning(problem)
     st.stop()
 
+
+@st.cache_data(show_spinner="Building the report (seconds)...", max_entries=4)
+def report_html(path: str, weights_sha256: str, split: str, analysis_stamp: float, _outputs) -> bytes:
+    """The file of ``gatescope report RUN --html`` for this split (rebuilt when the analysis changes)."""
+    from app.html_report import html_report
+    from app.state import get_run
+
+    return html_report(get_run(path), split=split, outputs=_outputs).encode("utf-8")
+
+
+manifest = run.path / "analysis" / "manifest.json"
+report_args = (str(run.path), meta.weights_sha256, split, manifest.stat().st_mtime if manifest.is_file() else 0.0)
+cols = st.columns([1, 3], vertical_alignment="center")
+if cols[0].button("Prepare a report (HTML)", key="prepare_report",
+                  help="one self-contained file to present: it opens offline in any browser"):
+    st.session_state["report_prepared"] = report_args
+if st.session_state.get("report_prepared") == report_args:
+    report = report_html(*report_args, outputs)
+    cols[0].download_button("Download a report (HTML)", report, file_name=f"{run.path.name}-{split}-report.html",
+                            mime="text/html", key="download_report", on_click="ignore", type="primary")
+    cols[1].caption(f"{len(report) / 1e6:.1f} MB: the model card, counted MACs, path health, a Sankey per class and, "
+                    f"where analysed, the map and the detection audit; the same file as "
+                    f"`gatescope report {run.path} --html OUT.html`.")
+else:
+    cols[1].caption("One self-contained HTML file of this run to present (offline, plotly inlined), built on demand.")
+
 st.subheader(f"Per-input cost on the {split} split ({len(outputs.labels):,} inputs)")
 summary = macs_summary(outputs)
 cols = st.columns(4)
