@@ -61,8 +61,7 @@ def test_an_analysed_run_has_every_section_and_each_figure(analysed_html, analys
                   "macs_ratio.mean", "test_accuracy"):
         assert f"<td>{field}</td>" in page
     assert f"<td>{meta['training']['command']}</td>" in page
-    # one Sankey per class (counted by their titles: plotly's template names every trace type once per figure)
-    assert len(re.findall(r'"text":"class [^"]+ \([\d,]+ inputs\)"', page)) == len(meta["class_names"])
+    assert _sankeys(page) == len(meta["class_names"])  # one Sankey per class
     assert page.count('"type":"scattergl"') >= 1  # the map
     assert page.count("false-positive rate (clean flagged)") == 3  # ROC curves of fgsm, deepfool and pgd
     for figure in ("decision entropy per input (bits)", "I(class; action) (bits)", "action at gate 1", "mean 0."):
@@ -88,12 +87,19 @@ def test_plotly_is_inlined_exactly_once_and_nothing_refers_to_the_network(analys
     assert all("src" not in s for s in scripts)
 
 
+def _sankeys(page: str) -> int:
+    """The Sankey figures of ``page``, counted by their titles ("class 3 (101 inputs)"): a count of
+    '"type":"sankey"' also counts plotly's template, which names every trace type in each figure
+    it is written into."""
+    return len(re.findall(r'"text":"class [^"]+ \([\d,]+ inputs\)"', page))
+
+
 def test_a_run_without_analysis_says_so_in_one_line_each(tiny_run):
     page = html_report(load_run(tiny_run))
     for what in ("decision-feature map", "detection results"):
         assert (f'<p class="missing">No {what} stored for this run: run <code>gatescope analyze {tiny_run}</code>.</p>'
                 in page)
-    assert page.count('"type":"sankey"') == 10
+    assert _sankeys(page) == 10
     assert "No model.json" not in page and "records no metrics" not in page
 
 
