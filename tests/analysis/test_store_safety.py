@@ -101,6 +101,9 @@ def test_a_killed_writer_leaves_the_previous_complete_state(tiny_run, tmp_path):
             # .NAME.*.tmp files of the killed writer may remain: no reader opens them)
             if file.suffix == ".npy":
                 assert np.load(file).shape == (N,), file.name
+            elif file.suffix == ".npz":  # arrays over COMPRESS_BYTES
+                with np.load(file) as archive:
+                    assert archive["array"].shape == (N,), file.name
             elif file.suffix == ".parquet":
                 assert len(pd.read_parquet(file)) == 1000, file.name
 
@@ -227,3 +230,24 @@ def test_an_entry_holding_nan_is_refused_and_the_stored_one_kept(tiny_run):
         raise AssertionError("a NaN was written")
     assert store.params("detection") == {"v": 1} and store.data("detection") == {"auc": 0.9}
     assert not any("NaN" in f.read_text() for f in store.path.glob("*.json"))
+
+
+def test_large_arrays_are_stored_compressed_and_read_back_exactly(tiny_run):
+    """Arrays over COMPRESS_BYTES (attacked images) go to a compressed .npz, small ones stay .npy;
+    both read back bit for bit."""
+    from analysis.store import COMPRESS_BYTES
+
+    store = AnalysisStore(load_run(tiny_run))
+    rng = np.random.default_rng(0)
+    images = np.zeros((2000, 1, 28, 28), np.float32)  # mostly background, as attacked digits are
+    images[:, :, 8:20, 8:20] = rng.random((2000, 1, 12, 12), dtype=np.float32)
+    small = rng.random(100).astype(np.float32)
+    assert images.nbytes > COMPRESS_BYTES > small.nbytes
+    store.save("attack-x", {"eps": 0.1}, arrays={"x_adv": images, "small": small})
+    files = store.entries()["attack-x"]["files"]
+    assert [f.rsplit(".", 2)[1:] for f in files] == [["x_adv", "npz"], ["small", "npy"]]
+    packed = store.path / files[0]
+    assert packed.stat().st_size < images.nbytes / 2
+    np.testing.assert_array_equal(store.array("attack-x", "x_adv"), images)
+    np.testing.assert_array_equal(store.array("attack-x", "small"), small)
+    assert store.array("attack-x", "x_adv").dtype == np.float32
