@@ -46,3 +46,36 @@ def test_decisions_do_not_collapse_and_follow_classes(report):
     assert d["top_path_share"] <= 0.25
     assert report["probe_log_probs"] >= 0.90
     assert report["probe_one_hot_paths"] >= 0.70
+
+
+def test_the_shipped_analysis_belongs_to_the_shipped_weights_and_is_complete():
+    """The default ships its whole analysis (so the map and Detection pages have content at first
+    launch): computed from these weights with the CLI's defaults, and its clean decision features
+    are the model's own, recomputed here."""
+    import numpy as np
+    import torch
+
+    from analysis.datasets import load_run_dataset
+    from analysis.analyze import AnalyzeConfig
+    from analysis.store import AnalysisStore
+
+    run = load_run(DEFAULT_RUN)
+    store = AnalysisStore(run)
+    assert not store.stale()
+    defaults = AnalyzeConfig()
+    detection = store.data("detection")
+    assert set(detection["attacks"]) == set(defaults.attacks)
+    for attack, result in detection["attacks"].items():
+        assert set(result["detectors"]) >= set(defaults.detectors), attack
+        for name, row in result["detectors"].items():
+            assert 0.0 <= row["auc"] <= 1.0 and row["n_adversarial"] > 0, (attack, name)
+    assert store.params("umap") is not None and store.params("compute") is not None
+    rows, log_probs = store.table("clean", "rows"), store.array("clean", "log_probs")
+    split = load_run_dataset(run.meta, "test")
+    assert len(rows) == len(log_probs) == len(split) == 1000
+    images = torch.stack([split.dataset[i][0] for i in range(64)])
+    with torch.no_grad():
+        logits, decisions = run.model.decide(images)
+    assert (rows["pred"].to_numpy()[:64] == logits.argmax(1).numpy()).all()
+    recomputed = torch.stack([d.log_probs for d in decisions], dim=1).numpy()  # (inputs, gates, K)
+    np.testing.assert_allclose(log_probs[:64], recomputed, atol=1e-4)
