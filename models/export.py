@@ -15,6 +15,7 @@ network gives byte-identical files.
 from __future__ import annotations
 
 import importlib
+import threading
 import warnings
 from types import ModuleType
 
@@ -41,6 +42,13 @@ def require(module: str) -> ModuleType:
                           f"{INSTALL}") from None
 
 
+# ``torch.export`` sets a process-wide "exporting" flag under which every *other* thread's
+# dynamo-disabled torch call (torch.manual_seed, optimiser steps) edits one shared dict: in the app,
+# a session exporting ONNX crashed another session's attack (KeyError 'custom'). Exports hold this
+# lock; code that may run beside an export in another thread (the app's attacks) holds it too.
+EXPORT_LOCK = threading.RLock()
+
+
 @torch.no_grad()
 def export_onnx(model: Network, input_shape: tuple[int, int, int], *, metadata: dict[str, str] | None = None) -> bytes:
     """The serialised ONNX model of ``model`` in eval mode, with a dynamic batch axis; its input is
@@ -55,7 +63,7 @@ def export_onnx(model: Network, input_shape: tuple[int, int, int], *, metadata: 
     model.eval()
     example = torch.rand((2, *input_shape), generator=torch.Generator().manual_seed(0))  # batch 2: not specialised
     try:
-        with warnings.catch_warnings():
+        with EXPORT_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on its own internals
             program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
                                         dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)

@@ -16,6 +16,7 @@ from app.links import follow_url, in_range, one_of, to_url
 from app.widgets import chart
 from app.state import get_analysis_array, get_analysis_table, sidebar, split_tensors, try_outputs
 from models import gated_convs
+from models.export import EXPORT_LOCK
 
 run, split_name = sidebar()
 meta, model = run.meta, run.model
@@ -102,8 +103,8 @@ with right:
                                                     "x_adv")[row:row + 1])
     else:
         target = torch.tensor([label if label is not None else clean.prediction])
-        torch.manual_seed(0)
-        with st.spinner(f"Running {attack_name}..."):
+        with st.spinner(f"Running {attack_name}..."), EXPORT_LOCK:  # not beside another session's export
+            torch.manual_seed(0)
             x_adv = create_attack(attack_name, model, **params)(x, target).x_adv
     attacked = decision_path(model, x_adv)
     st.image(x_adv[0].permute(1, 2, 0).numpy(), width=112)

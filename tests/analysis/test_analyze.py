@@ -23,7 +23,7 @@ CONFIG = AnalyzeConfig(limit=120, attacks=("fgsm", "pgd"), reference=300, n_boot
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
     path = tmp_path_factory.mktemp("run") / "dynamic"
-    shutil.copytree(DEFAULT_RUN, path)
+    shutil.copytree(DEFAULT_RUN, path, ignore=shutil.ignore_patterns("analysis"))  # a fresh analysis
     run = load_run(path)
     messages = []
     result = analyze(run, CONFIG, log=messages.append)

@@ -66,3 +66,22 @@ def test_a_missing_onnx_package_is_an_export_error_saying_how_to_install_it(miss
     model = create_model("small_cnn", gated=False, num_classes=10)
     with pytest.raises(ExportError, match=f"{missing} is not installed.*pip install"):
         onnx_session(export_onnx(model, (1, 28, 28)))  # exporting needs onnx and onnxscript, running onnxruntime
+
+
+def test_an_export_waits_while_other_torch_work_holds_the_export_lock():
+    """torch.export flips a process-wide flag that makes other threads' dynamo-disabled calls
+    (torch.manual_seed) race on a shared dict; exports hold EXPORT_LOCK, and so does the app's
+    attack code, so the two never overlap."""
+    import threading
+
+    from models.export import EXPORT_LOCK
+
+    model = create_model("small_cnn", gated=False, num_classes=10, in_channels=1)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (export_onnx(model, (1, 28, 28)), done.set()))
+    with EXPORT_LOCK:
+        worker.start()
+        assert not done.wait(3.0)  # the export cannot start while the lock is held elsewhere
+        torch.manual_seed(0)
+    worker.join(120)
+    assert done.is_set()
