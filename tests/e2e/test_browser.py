@@ -205,15 +205,17 @@ def test_uploads_are_refused_or_converted_in_chromium(server, browser, tmp_path)
     page.screenshot(path=str(_shots(tmp_path) / "upload.png"), full_page=True)
 
 
-def _upload(page, key: str, file: Path, tries: int = 3) -> None:
-    """Put ``file`` into the uploader ``key`` and wait until it lists it: an upload made while the
+def _upload(page, key: str, file: Path, tries: int = 3, *, or_text: str | None = None) -> None:
+    """Put ``file`` into the uploader ``key`` and wait until it lists it (or until ``or_text`` shows:
+    a complete run upload is taken and its uploaders emptied at once): an upload made while the
     page reruns after the previous one can be dropped by the browser, so it is retried."""
     uploader = page.locator(f'.st-key-{key} [data-testid="stFileUploaderDropzoneInput"]')
     for _ in range(tries):
         _wait_idle(page)
         uploader.set_input_files(str(file))
         try:
-            page.locator(f".st-key-{key}").get_by_text(file.name, exact=True).wait_for(timeout=15_000)
+            listed = page.locator(f".st-key-{key}").get_by_text(file.name, exact=True)
+            (listed.or_(page.get_by_text(or_text)) if or_text else listed).first.wait_for(timeout=15_000)
             return
         except Exception:  # Playwright's TimeoutError: try again
             continue
@@ -235,14 +237,14 @@ def test_uploaded_runs_are_checked_in_chromium(server, browser, tmp_path):
         (folder / f"{i}-{name}").write_bytes(weights_data)
         (folder / f"model-{i}.json").write_bytes(meta_data)
         _upload(page, "upload_weights", folder / f"{i}-{name}")
-        _upload(page, "upload_meta", folder / f"model-{i}.json")
+        _upload(page, "upload_meta", folder / f"model-{i}.json", or_text="This upload is not a usable run")
         reason = REFUSED_BECAUSE[kind].split("|")[0]
         page.wait_for_selector("text=This upload is not a usable run", timeout=60_000)
         page.wait_for_selector(f"text={reason}", timeout=60_000)
         assert page.locator('[data-testid="stException"]').count() == 0, kind
     assert not marker.exists()
     _upload(page, "upload_weights", DEFAULT_RUN / "model.safetensors")
-    _upload(page, "upload_meta", DEFAULT_RUN / "model.json")
+    _upload(page, "upload_meta", DEFAULT_RUN / "model.json", or_text="Uploaded run added to the Run list")
     page.wait_for_selector("text=Uploaded run added to the Run list", timeout=60_000)
     _wait_idle(page)
     page.screenshot(path=str(_shots(tmp_path) / "upload-run.png"), full_page=True)
