@@ -135,7 +135,8 @@ def class_colours(count: int) -> list[str]:
 def decision_map(points: pd.DataFrame, class_names: list[str]) -> go.Figure:
     """UMAP of decision features as one WebGL trace (so selection indices are row numbers):
     colour = true class (categorical, with a legend), marker = clean or the attack that produced
-    the point. The legend entries are empty traces: they hold no point a selection could pick."""
+    the point. The legend entries are traces of one point without a position (plotly.js leaves
+    traces without points out of the legend): no selection can pick them."""
     kinds = list(dict.fromkeys(points["kind"]))
     symbols = {k: SYMBOLS[i % len(SYMBOLS)] for i, k in enumerate(kinds)}
     colours = class_colours(len(class_names))
@@ -148,10 +149,10 @@ def decision_map(points: pd.DataFrame, class_names: list[str]) -> go.Figure:
                                            "predicted %{customdata[2]}<extra></extra>",
     ))
     for c, name in enumerate(class_names):
-        fig.add_trace(go.Scattergl(x=[], y=[], mode="markers", name=name, legendgroup="class",
+        fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", name=name, legendgroup="class",
                                    legendgrouptitle_text="class", marker=dict(color=colours[c], size=8)))
     for kind, symbol in symbols.items():
-        fig.add_trace(go.Scattergl(x=[], y=[], mode="markers", name=kind, legendgroup="kind",
+        fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", name=kind, legendgroup="kind",
                                    legendgrouptitle_text="marker", marker=dict(color="#555555", size=8, symbol=symbol)))
     fig.update_layout(dragmode="lasso", margin=dict(l=10, r=10, t=30, b=10), height=560,
                       xaxis=dict(showticklabels=False, title="UMAP 1"), yaxis=dict(showticklabels=False, title="UMAP 2"))
