@@ -198,3 +198,38 @@ def relabelled_runs(tmp_path) -> tuple[Path, Path, list]:
             perms.append(perm)
     save_run(tmp_path / "b", model, meta)
     return tmp_path / "a", tmp_path / "b", perms
+
+
+# Headless Debian Chromium, driven by Playwright, for the browser tests (one per module).
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing in CI; .ci/run installs it")
+        pytest.skip(f"Debian chromium not installed at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def offered(monkeypatch) -> dict:
+    """The files the page's download buttons offer, by file name (a spy on Streamlit's media store)."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    files, store = {}, MemoryMediaFileStorage.load_and_get_id
+
+    def spy(self, path_or_data, mimetype, kind, filename=None):
+        files[filename] = path_or_data
+        return store(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", spy)
+    return files

@@ -75,21 +75,6 @@ def test_dynamic_slider_evaluates_at_the_target_not_past_it(open_app):
     assert "Predicted from cached decisions" in shown
 
 
-@pytest.fixture
-def offered(monkeypatch) -> dict:
-    """The files the page's download buttons offer, by file name (a spy on Streamlit's media store)."""
-    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
-
-    files, store = {}, MemoryMediaFileStorage.load_and_get_id
-
-    def spy(self, path_or_data, mimetype, kind, filename=None):
-        files[filename] = path_or_data
-        return store(self, path_or_data, mimetype, kind, filename)
-
-    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", spy)
-    return files
-
-
 def _latencies(at) -> dict:
     return {m.label: (m.value, m.proto.delta) for m in at.metric if m.label.startswith("Measured latency")}
 

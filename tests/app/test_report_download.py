@@ -10,21 +10,6 @@ LABEL = "Download a report (HTML)"
 
 
 @pytest.fixture
-def offered(monkeypatch) -> dict:
-    """The files the page's download buttons offer, by file name (a spy on Streamlit's media store)."""
-    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
-
-    files, store = {}, MemoryMediaFileStorage.load_and_get_id
-
-    def spy(self, path_or_data, mimetype, kind, filename=None):
-        files[filename] = path_or_data
-        return store(self, path_or_data, mimetype, kind, filename)
-
-    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", spy)
-    return files
-
-
-@pytest.fixture
 def builds(monkeypatch) -> list:
     """The runs the report module was asked to build (a spy on app.html_report.html_report)."""
     from app import html_report

@@ -17,9 +17,6 @@ from conftest import DEFAULT_RUN, REPO
 from hostile import REFUSED_BECAUSE, bad_runs, png_header_only
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def _free_port() -> int:
@@ -58,20 +55,6 @@ def _serving(log: Path, *runs: Path):
 def server(tmp_path_factory):
     with _serving(tmp_path_factory.mktemp("server") / "server.log") as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing in CI; .ci/run installs it")
-        pytest.skip(f"Debian chromium not installed at {CHROMIUM}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield b
-        b.close()
 
 
 def _wait_idle(page) -> None:

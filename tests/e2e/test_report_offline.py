@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 # per figure div: drawn by plotly (its SVG, with a size) and holding the marks of its traces
 RENDERED = """() => [...document.querySelectorAll('.plotly-graph-div')].map(gd => {
@@ -29,20 +25,6 @@ def report(analysed_run, tmp_path_factory) -> Path:
     from models import load_run
 
     return write_html_report(load_run(analysed_run), tmp_path_factory.mktemp("report") / "report.html")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing in CI; .ci/run installs it")
-        pytest.skip(f"Debian chromium not installed at {CHROMIUM}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield b
-        b.close()
 
 
 def test_the_report_renders_every_figure_offline(report, browser, tmp_path):
