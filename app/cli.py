@@ -370,15 +370,51 @@ def _app(args: argparse.Namespace) -> int:
         os.environ[DATA_ENV] = os.pathsep.join(f"{k}={v}" for k, v in {**data_roots(), **data}.items())
     os.environ[RUNS_ENV] = os.pathsep.join(map(str, runs))  # the app script reads these
     os.environ[ROOTS_ENV] = os.pathsep.join(str(r.resolve()) for r in args.root)
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT),
+    argv = [
+        "streamlit", "run", str(APP_SCRIPT),
         "--server.address", args.host, "--server.port", str(args.port), "--server.headless", "true",
         "--server.maxUploadSize", str(args.max_upload_mb), "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "minimal",
+        # no source watching: it polls every imported module's file (torch's thousands) from 4 threads
+        # and re-walks them after each script run, CPU a served workbench needs for its pages
+        "--server.fileWatcherType", "none",
     ]
+    import threading
+
+    threading.Thread(target=_warm, args=(runs[:1],), name="gatescope-warm", daemon=True).start()
     print(f"gatescope: serving http://{args.host}:{args.port}", flush=True)
-    os.execv(sys.executable, cmd)
-    return 0  # not reached
+    return _serve(argv)
+
+
+# What the first page needs (the Overview's imports), loaded before the server starts.
+PRELOAD = ("torch", "pandas", "plotly.graph_objects", "analysis", "analysis.image_folder", "analysis.path_health",
+           "analysis.speed", "models", "app.figures", "app.health_figures", "app.links", "app.roots")
+
+
+def _warm(runs: list[Path]) -> None:
+    """Import what the first page imports and load the first run once (torch initialises lazily on
+    first use, about 2 s), while the server starts and the browser loads the page: Streamlit runs the
+    pages in this process, so the first page finds them ready (or waits on the import lock for the
+    rest). A run that does not load is left for the page to report."""
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    from models import RunError, load_run
+
+    for run in runs:
+        try:
+            load_run(run)
+        except (RunError, OSError):
+            pass
+
+
+def _serve(argv: list[str]) -> int:
+    """``streamlit run ...`` in this process (so what :func:`_warm` loaded stays loaded)."""
+    from streamlit.web import cli as streamlit_cli
+
+    sys.argv = argv
+    return streamlit_cli.main()
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ class DecisionUnit(nn.Module):
         super().__init__()
         self.norm = nn.BatchNorm1d(in_channels, affine=False) if standardise else nn.Identity()
         self.linear = nn.Linear(in_channels, num_actions, bias=False)
-        nn.init.normal_(self.linear.weight)
-        self.constrain_()
+        if not self.linear.weight.is_meta:  # built on "meta" only to read its shapes (models.schema): on that
+            nn.init.normal_(self.linear.weight)  # device these ops would import torch._dynamo (1.5 s) for nothing
+            self.constrain_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = F.relu(x).mean(dim=(2, 3))  # (B, C_in)

@@ -63,9 +63,11 @@ def test_app_hands_its_runs_and_roots_to_the_page_and_binds_to_loopback(monkeypa
 
     from app.roots import ROOTS_ENV, RUNS_ENV
 
+    import app.cli
+
     launched = {}
-    monkeypatch.setattr(os, "execv", lambda exe, cmd: launched.update(cmd=cmd, runs=os.environ[RUNS_ENV],
-                                                                        roots=os.environ[ROOTS_ENV]))
+    monkeypatch.setattr(app.cli, "_serve", lambda cmd: launched.update(cmd=cmd, runs=os.environ[RUNS_ENV],
+                                                                       roots=os.environ[ROOTS_ENV]) or 0)
     monkeypatch.setenv(RUNS_ENV, "")
     monkeypatch.setenv(ROOTS_ENV, "")
     assert main(["app", str(DEFAULT_RUN), "--root", str(tmp_path), "--port", "8600"]) == 0
@@ -214,3 +216,21 @@ def test_import_from_without_arch_or_of_the_wrong_arch_is_one_clear_error(tmp_pa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a dynamic-pruning vgg16 checkpoint: missing feature.0.conv.weight" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_app_warms_up_what_the_first_page_needs_and_survives_a_broken_run(tmp_path):
+    """`gatescope app` imports the first page's modules and loads the first run before serving; a run
+    whose weights are damaged is left for the page to report. Loading a run and reading its data
+    import neither torch._dynamo nor torchvision (each costs a launch more than a second of CPU)."""
+    broken = tmp_path / "broken"
+    shutil.copytree(DEFAULT_RUN, broken, ignore=shutil.ignore_patterns("analysis"))
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    script = ("import sys; from app.cli import PRELOAD, _warm; "
+              f"_warm([__import__('pathlib').Path({str(broken)!r})]); "
+              "assert all(m in sys.modules for m in PRELOAD); "
+              "from models import load_run; from analysis.outputs_cache import stored_outputs; "
+              f"stored_outputs(load_run({str(DEFAULT_RUN)!r}), 'test'); "
+              "print(sorted(m for m in ('torch._dynamo', 'torchvision') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
