@@ -6,7 +6,6 @@ belongs to the model (its ``mean``/``std``). Nothing is ever downloaded.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,9 +126,9 @@ _FOLDER_LAYOUT = "ROOT/{train,test}/<class name>/<image files>"
 
 @register_dataset("imagefolder")
 def _imagefolder(root: str | None, split: str) -> DatasetSplit:
-    """A folder per split holding a folder per class (torchvision's ImageFolder layout)."""
-    from PIL import Image
-    from torchvision import datasets, transforms
+    """A folder per split holding a folder per class (torchvision's ImageFolder layout); every image
+    is resized to the first one's size."""
+    from .image_folder import ImageFolder
 
     if not root:
         raise DatasetError(f"imagefolder needs a path: imagefolder:ROOT with {_FOLDER_LAYOUT}")
@@ -137,30 +136,17 @@ def _imagefolder(root: str | None, split: str) -> DatasetSplit:
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such folder; imagefolder:{root} expects {_FOLDER_LAYOUT}")
     try:
-        probe = datasets.ImageFolder(folder)
-    except (FileNotFoundError, RuntimeError) as e:
+        first = ImageFolder(folder)[0][0]
+    except (OSError, RuntimeError) as e:  # no class folder, no image, an unreadable first image
         raise DatasetError(f"{folder}: {e}; expected {_FOLDER_LAYOUT}") from None
-    with Image.open(probe.samples[0][0]) as first:
-        w, h = first.size
-        channels = len(first.convert("RGB").getbands()) if first.mode not in ("L", "1") else 1
-    mode = "L" if channels == 1 else "RGB"
-    dataset = datasets.ImageFolder(
-        folder,
-        transform=transforms.Compose([transforms.Resize((h, w)), transforms.ToTensor()]),
-        loader=functools.partial(_open_image, mode=mode),
-    )
+    w, h = first.size
+    channels = len(first.convert("RGB").getbands()) if first.mode not in ("L", "1") else 1
+    dataset = ImageFolder(folder, size=(h, w), mode="L" if channels == 1 else "RGB")
     mean, std = _channel_stats(dataset)
     return DatasetSplit(
         spec=_spec("imagefolder", root), split=split, dataset=dataset, class_names=list(dataset.classes),
         input_shape=(channels, h, w), mean=mean, std=std, augment="shift_flip",
     )
-
-
-def _open_image(path: str, mode: str):
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return img.convert(mode)
 
 
 def _channel_stats(dataset: Dataset, n: int = 256) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -87,3 +87,38 @@ def test_cifar10_reads_an_imagefolder_copy_and_specs_without_a_folder_use_the_da
     monkeypatch.setenv(DATA_ENV, "")
     with pytest.raises(DatasetError, match="--data cifar10=ROOT"):
         load_dataset("cifar10", "test")
+
+
+def test_image_folders_read_as_torchvision_reads_them(tmp_path):
+    """Same classes, files, order and pixels as torchvision's ImageFolder with Resize + ToTensor,
+    including nested folders, upper-case extensions, files that are not images and a resize."""
+    from PIL import Image
+    from torchvision import datasets, transforms
+
+    from analysis.image_folder import ImageFolder
+
+    rng = np.random.default_rng(0)
+    files = ["b/x2.PNG", "b/deeper/a.jpg", "a/10.png", "a/2.png", "a/notes.txt", "c/odd.bmp"]
+    for i, name in enumerate(files):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith(".txt"):
+            (tmp_path / name).write_text("not an image")
+            continue
+        size = (12, 10) if i else (9, 7)  # one image of another size: resized
+        Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(tmp_path / name)
+    ours = ImageFolder(tmp_path, size=(10, 12), mode="RGB")
+    theirs = datasets.ImageFolder(tmp_path, transform=transforms.Compose([transforms.Resize((10, 12)),
+                                                                          transforms.ToTensor()]))
+    assert ours.classes == theirs.classes == ["a", "b", "c"] and ours.samples == theirs.samples
+    for i in range(len(theirs)):
+        (x, y), (tx, ty) = ours[i], theirs[i]
+        assert y == ty and x.shape == tx.shape == (3, 10, 12) and torch.equal(x, tx)
+
+
+def test_an_image_folder_without_images_says_so(tmp_path):
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="Found no valid file for the classes cat"):
+        load_dataset(f"imagefolder:{tmp_path}", "test")
+    (tmp_path / "test" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match="broken.jpg"):
+        load_dataset(f"imagefolder:{tmp_path}", "test")
