@@ -18,6 +18,19 @@ def _gate_colour(gate: int) -> str:
     return palette[gate % len(palette)]
 
 
+def box_statistics(values: np.ndarray) -> dict[str, list[float]]:
+    """A box plot's numbers, as plotly computes them from raw points (quartiles by linear
+    interpolation, whiskers at the furthest points within 1.5 IQR, the mean), in the form
+    ``go.Box(**...)`` takes them precomputed: the browser then receives eight numbers instead of
+    every input's value (a CIFAR-10 test split's would be 1.3 MB per figure)."""
+    values = np.asarray(values, dtype=float)
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    reach = 1.5 * (q3 - q1)
+    lower, upper = values[values >= q1 - reach].min(), values[values <= q3 + reach].max()
+    return {k: [float(v)] for k, v in dict(q1=q1, median=median, q3=q3, lowerfence=lower, upperfence=upper,
+                                          mean=values.mean()).items()}
+
+
 def health_bars(entropy: np.ndarray, table: pd.DataFrame, *, class_entropy: float) -> go.Figure:
     """Three panels over the gates: the distribution over inputs of the decision entropy
     ((N, L), bits; mean dashed) against log2 K, I(class; action) against H(class), and the
@@ -28,7 +41,7 @@ def health_bars(entropy: np.ndarray, table: pd.DataFrame, *, class_entropy: floa
     fig = make_subplots(rows=1, cols=3, subplot_titles=(
         "decision entropy per input (bits)", "I(class; action) (bits)", "utilisation (max share × K)"))
     for g, name in enumerate(gates):
-        fig.add_trace(go.Box(x=[name] * len(entropy), y=entropy[:, g], name=name, boxmean=True, boxpoints=False,
+        fig.add_trace(go.Box(x=[name], **box_statistics(entropy[:, g]), name=name, boxmean=True, boxpoints=False,
                              marker_color=_gate_colour(g), showlegend=False), 1, 1)
     fig.add_trace(go.Bar(x=gates, y=table["mi"], name="I(class; action)", marker_color="#4C78A8", showlegend=False,
                          customdata=table["mi_share"],

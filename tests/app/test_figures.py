@@ -59,3 +59,20 @@ def test_attribution_image_is_red_for_positive_blue_for_negative_and_blocky():
     red, blue, white = img[0, 0], img[4, 8], img[0, 4]
     assert red[0] > red[2] and blue[2] > blue[0] and np.allclose(white, 1)
     assert np.allclose(img[:4, :4], red)  # each input pixel is one 4 x 4 block
+
+
+def test_box_statistics_are_the_numbers_plotly_draws_from_raw_points():
+    from app.health_figures import box_statistics
+
+    values = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 100.0])  # 100 lies beyond q3 + 1.5 IQR
+    stats = box_statistics(values)
+    assert stats["median"] == [5.5] and stats["q1"] == [3.25] and stats["q3"] == [7.75]
+    assert stats["lowerfence"] == [1.0] and stats["upperfence"] == [9.0]  # the whisker stops at the last inlier
+    assert stats["mean"] == [14.5]
+
+
+def test_the_cost_histogram_sends_bins_that_count_every_input():
+    ratios = np.random.default_rng(0).uniform(0.2, 0.8, size=10_000)
+    bars = figures.macs_histogram(ratios).data[0]
+    assert len(bars.x) == 40 and int(np.sum(bars.y)) == 10_000
+    assert np.isclose(bars.customdata[0][0], ratios.min()) and np.isclose(bars.customdata[-1][1], ratios.max())
