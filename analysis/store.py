@@ -106,8 +106,9 @@ class AnalysisStore:
         return entry["params"] if entry else None
 
     def save(self, name: str, params: dict[str, Any], *, tables: dict[str, pd.DataFrame] | None = None,
-             arrays: dict[str, np.ndarray] | None = None, data: dict | None = None) -> None:
-        """Write an entry's files, then record it in the manifest (the manifest is written last)."""
+             arrays: dict[str, np.ndarray] | None = None, data: dict | None = None, compress: bool = True) -> None:
+        """Write an entry's files, then record it in the manifest (the manifest is written last).
+        ``compress=False`` keeps large arrays as plain .npy too (faster to read, for what is read often)."""
         prefix = f"{name}.{self._digest(params)}"
         files = []
         for key, df in (tables or {}).items():
@@ -116,7 +117,7 @@ class AnalysisStore:
             files.append(self._write(f"{prefix}.{key}.parquet", buf.getvalue()))
         for key, arr in (arrays or {}).items():
             buf = io.BytesIO()
-            if arr.nbytes > COMPRESS_BYTES:
+            if compress and arr.nbytes > COMPRESS_BYTES:
                 np.savez_compressed(buf, array=arr)
                 files.append(self._write(f"{prefix}.{key}.npz", buf.getvalue()))
             else:

@@ -251,3 +251,6 @@ def test_large_arrays_are_stored_compressed_and_read_back_exactly(tiny_run):
     np.testing.assert_array_equal(store.array("attack-x", "x_adv"), images)
     np.testing.assert_array_equal(store.array("attack-x", "small"), small)
     assert store.array("attack-x", "x_adv").dtype == np.float32
+    store.save("often-read", {"v": 1}, arrays={"x": images}, compress=False)  # e.g. the per-input outputs
+    assert [f.rsplit(".", 2)[1:] for f in store.entries()["often-read"]["files"]] == [["x", "npy"]]
+    np.testing.assert_array_equal(store.array("often-read", "x"), images)
