@@ -9,6 +9,23 @@ from plotly import colors
 from plotly.subplots import make_subplots
 
 
+def layer_costs(layers) -> go.Figure:
+    """Ungated MACs of every conv and linear layer (``models.CostModel.layers``), in millions; layers
+    whose input or output channels a gate switches per input are coloured apart."""
+    gated = ["gated" if layer.in_gate is not None or layer.out_gate is not None else "static" for layer in layers]
+    fig = go.Figure()
+    for kind, colour in (("gated", "#4C78A8"), ("static", "#BAB0AC")):
+        rows = [(layer.name, layer.macs / 1e6) for layer, g in zip(layers, gated) if g == kind]
+        if rows:
+            names, macs = zip(*rows)
+            fig.add_trace(go.Bar(x=list(names), y=list(macs), name=f"{kind} layers", marker_color=colour,
+                                 hovertemplate="%{x}: %{y:.2f} M MACs<extra></extra>"))
+    fig.update_layout(yaxis_title="MACs (M), ungated", xaxis=dict(categoryorder="array",
+                      categoryarray=[layer.name for layer in layers]), legend=dict(orientation="h", y=1.15),
+                      margin=dict(l=10, r=10, t=30, b=10), height=240)
+    return fig
+
+
 def macs_histogram(ratios: np.ndarray) -> go.Figure:
     """Distribution of per-input counted MACs as a fraction of the ungated network."""
     counts, edges = np.histogram(ratios, bins=40)  # binned here: the browser gets 40 bars, not every input

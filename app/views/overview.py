@@ -29,6 +29,10 @@ cols[1].metric("Ungated MACs (counted)", f"{costs.ungated_macs / 1e6:.2f} M")
 cols[2].metric("Gated layers", f"{len(gates)}", help="layers that pick one of K channel masks per input")
 cols[3].metric("Masks per gated layer (K)", f"{meta.arch_args.get('num_actions', '-')}" if gates else "-")
 
+st.caption("Where the compute is: each layer's MACs in the ungated network (the bars add up to the ungated "
+           "total); a gate decides per input how many of a gated layer's channels run.")
+chart(st, figures.layer_costs(costs.layers), key="layer_costs")
+
 with st.expander("Model card", expanded=False):
     st.json({"arch": meta.arch, "arch_args": meta.arch_args, "dataset": meta.dataset,
              "classes": meta.class_names, "input_shape": meta.input_shape, "mean": meta.mean,

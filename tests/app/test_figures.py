@@ -76,3 +76,17 @@ def test_the_cost_histogram_sends_bins_that_count_every_input():
     bars = figures.macs_histogram(ratios).data[0]
     assert len(bars.x) == 40 and int(np.sum(bars.y)) == 10_000
     assert np.isclose(bars.customdata[0][0], ratios.min()) and np.isclose(bars.customdata[-1][1], ratios.max())
+
+
+def test_layer_costs_add_up_to_the_ungated_network_and_mark_gated_layers():
+    from conftest import DEFAULT_RUN
+    from models import cost_model, load_run
+
+    run = load_run(DEFAULT_RUN)
+    costs = cost_model(run.model, tuple(run.meta.input_shape))
+    fig = figures.layer_costs(costs.layers)
+    bars = {trace.name: dict(zip(trace.x, trace.y)) for trace in fig.data}
+    assert np.isclose(sum(sum(b.values()) for b in bars.values()), costs.ungated_macs / 1e6)
+    gated = {layer.name for layer in costs.layers if layer.in_gate is not None or layer.out_gate is not None}
+    assert set(bars["gated layers"]) == gated and gated  # the shipped model has gated layers
+    assert list(fig.layout.xaxis.categoryarray) == [layer.name for layer in costs.layers]
