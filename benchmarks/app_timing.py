@@ -64,8 +64,10 @@ PAGES = {  # nav title -> what shows the page is there (the Overview's title nam
 # No script running: the app's root says so. (Its status widget never shows: `gatescope app` starts
 # Streamlit with --client.toolbarMode minimal, which hides it.)
 IDLE = "() => document.querySelector('[data-testid=\"stApp\"]')?.dataset.testScriptState === 'notRunning'"
-DRAWN = ("() => (" + IDLE + ")() && [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')]"
-         ".every(c => c.querySelector('.main-svg'))")  # plotly's bundle loads lazily, after the script
+# Every chart drawn: plotly's bundle loads lazily, after the script; until it has, each chart is a
+# placeholder skeleton, not yet a stPlotlyChart (so "every stPlotlyChart has its svg" alone holds too early).
+DRAWN = ("() => (" + IDLE + ")() && !document.querySelector('[data-testid=\"stSkeleton\"]') && "
+         "[...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')].every(c => c.querySelector('.main-svg'))")
 TIMEOUT_MS = 300_000
 # Slider bands: 4 targets 0.01 apart (one arrow key each), 0.05 between band starts, the first at
 # 0.58, where the shipped model's evaluated MACs start to follow the target (below, it already uses
