@@ -9,6 +9,7 @@ against torchvision's.
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -43,6 +44,12 @@ class ImageFolder(Dataset):
             raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}. "
                                     f"Supported extensions are: {', '.join(IMAGE_EXTENSIONS)}")
         self.targets = [label for _, label in self.samples]
+
+    def formatted(self, size: tuple[int, int], mode: str) -> "ImageFolder":
+        """The same files, as tensors of ``size`` in PIL ``mode`` (without listing the folder again)."""
+        folder = copy.copy(self)
+        folder.size, folder.mode = size, mode
+        return folder
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -78,10 +78,12 @@ def test_flip_augmentation_mirrors_some_images():
 
 
 def test_cifar10_reads_an_imagefolder_copy_and_specs_without_a_folder_use_the_data_roots(cifar_root, monkeypatch):
-    from analysis.datasets import DATA_ENV
+    from analysis.datasets import CIFAR10_MEAN, CIFAR10_STD, DATA_ENV
 
     direct = load_dataset(f"cifar10:{cifar_root}", "test")
     assert direct.spec == f"cifar10:{cifar_root}" and len(direct) == 100 and direct.class_names[0] == "airplane"
+    assert (direct.mean, direct.std) == (CIFAR10_MEAN, CIFAR10_STD)  # as torchvision's copy: either trains alike
+    assert direct.dataset[0][0].shape == (3, 32, 32)
     monkeypatch.setenv(DATA_ENV, f"cifar10={cifar_root}")
     assert len(load_dataset("cifar10", "train")) == 200
     monkeypatch.setenv(DATA_ENV, "")
