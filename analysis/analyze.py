@@ -49,6 +49,7 @@ class AnalyzeConfig:
     adaptive_limit: int = 1000  # test-side inputs attacked adaptively per detector
     compute_eps: tuple[float, ...] = (2 / 255, 4 / 255, 8 / 255)  # L-inf budgets of the compute (MACs) attack; () skips it
     compute_limit: int = 0  # inputs given to the compute attack (0: every analysed image)
+    umap: bool = True  # also the map (False: the map page computes it when opened)
     umap_neighbors: int = 15
     umap_min_dist: float = 0.1
     batch_size: int = 250
@@ -67,7 +68,7 @@ def steps(config: AnalyzeConfig) -> list[str]:
         names += ["detectors' reference statistics", *(f"detection on {a}" for a in config.attacks)]
         if config.compute_eps:
             names.append("compute attack")
-    return names + ["map (UMAP)"]
+    return names + (["map (UMAP)"] if config.umap else [])
 
 
 def analyze(run: Run, config: AnalyzeConfig = AnalyzeConfig(), *, force: bool = False,
@@ -88,8 +89,9 @@ def analyze(run: Run, config: AnalyzeConfig = AnalyzeConfig(), *, force: bool = 
     if config.compute_eps and attacks:  # --attacks none: features and the map only
         step("compute attack")
         _compute(store, run, split, config, force, log)
-    step("map (UMAP)")
-    _umap(store, clean, attacks, config, force, log)
+    if config.umap:
+        step("map (UMAP)")
+        _umap(store, clean, attacks, config, force, log)
     return detection
 
 
@@ -195,7 +197,7 @@ def _tensor_split(split: DatasetSplit, x: torch.Tensor, y: torch.Tensor) -> Data
 
 
 def _detection(store, run, split, clean, attacks, config, force, log, step) -> dict:
-    params = {k: v for k, v in asdict(config).items() if not k.startswith("umap_")}  # the map is not detection
+    params = {k: v for k, v in asdict(config).items() if not k.startswith("umap")}  # the map is not detection
     params.update(attacks={n: store.params(f"attack-{n}") for n in config.attacks}, format=3)  # 3: the full audit
     if not force and store.has("detection", params):
         return store.data("detection")

@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=int, default=1000,
                    help="clean training images for the detectors' statistics (Lee's Mahalanobis: all; default 1000)")
     p.add_argument("--no-adaptive", action="store_true", help="skip the adaptive attacks")
+    p.add_argument("--no-map", action="store_true",
+                   help="skip the UMAP of decision features (the map page computes it when first opened)")
     p.add_argument("--adaptive-limit", type=int, default=1000, help="test-side inputs attacked adaptively per detector")
     p.add_argument("--no-simplified", action="store_true", help="only the papers' baselines, not the simplified variants")
     p.add_argument("--compute-eps", nargs="*", type=float, default=None, metavar="EPS255",
@@ -335,7 +337,7 @@ def _analyze(args: argparse.Namespace) -> int:
         detectors=tuple(args.detectors or defaults.detectors), seed=args.seed, adaptive=not args.no_adaptive,
         reference=args.reference, adaptive_limit=args.adaptive_limit, simplified=not args.no_simplified,
         compute_eps=defaults.compute_eps if args.compute_eps is None else tuple(e / 255 for e in args.compute_eps),
-        compute_limit=args.compute_limit,
+        compute_limit=args.compute_limit, umap=not args.no_map,
     )
     t0 = time.perf_counter()
     with _torchrun() as main:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from analysis.adversarial.adaptive import adaptive_pgd
-from analysis.analyze import AnalyzeConfig, analyze
+from analysis.analyze import AnalyzeConfig, analyze, steps, umap_points
 from analysis.embedding import umap_embedding
 from analysis.store import AnalysisStore
 from conftest import DEFAULT_RUN
@@ -160,7 +160,7 @@ def test_an_interrupted_audit_resumes_with_the_next_attack(tmp_path, monkeypatch
     path = tmp_path / "dynamic"
     shutil.copytree(DEFAULT_RUN, path, ignore=shutil.ignore_patterns("analysis"))
     config = AnalyzeConfig(limit=120, attacks=("fgsm", "pgd"), reference=300, n_boot=50, adaptive=False,
-                           compute_eps=(), detectors=("decision-logreg", "margin"), simplified=False)
+                           compute_eps=(), detectors=("decision-logreg", "margin"), simplified=False, umap=False)
     real, done = audit_module.audit_attack, []
 
     def dies_on_pgd(*args, **kwargs):
@@ -183,3 +183,11 @@ def test_an_interrupted_audit_resumes_with_the_next_attack(tmp_path, monkeypatch
     fresh = tmp_path / "fresh"
     shutil.copytree(DEFAULT_RUN, fresh, ignore=shutil.ignore_patterns("analysis"))
     assert resumed == analyze(load_run(fresh), config, log=lambda s: None)  # the same as one uninterrupted run
+
+    # umap=False (--no-map) leaves the map out, and out of the detection's parameters; the map page
+    # computes it from the stored features when opened
+    store = AnalysisStore(load_run(fresh))
+    assert "umap" not in store.names() and "map (UMAP)" not in steps(config)
+    assert not any(k.startswith("umap") for k in store.params("detection"))
+    points = umap_points(load_run(fresh), neighbors=15, min_dist=0.1, log=lambda s: None)
+    assert set(points["kind"]) == {"clean", "fgsm", "pgd"} and "umap" in AnalysisStore(load_run(fresh)).names()
