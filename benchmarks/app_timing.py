@@ -352,8 +352,9 @@ async def _open(browser, url: str, s: _Session):
                     and s.console_errors.append(m.text))
             page.on("response", lambda r: r.status >= 400 and not _probe(r.url)
                     and s.console_errors.append(f"HTTP {r.status} {r.url}"))
-        await pruning.goto(f"{url}/pruning")
-        await paths.goto(f"{url}/paths")
+        # eight pages loading at once wait on one busy server: Playwright's 30 s default was seen to run out
+        await pruning.goto(f"{url}/pruning", timeout=TIMEOUT_MS)
+        await paths.goto(f"{url}/paths", timeout=TIMEOUT_MS)
         await pruning.wait_for_selector(f"text={MACS_METRIC}", timeout=TIMEOUT_MS)
         await pruning.wait_for_function(IDLE, timeout=TIMEOUT_MS)
         await paths.wait_for_selector(".st-key-index input", timeout=TIMEOUT_MS)
