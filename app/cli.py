@@ -388,16 +388,16 @@ def _app(args: argparse.Namespace) -> int:
     return _serve(argv)
 
 
-# What the first page needs (the Overview's imports), loaded before the server starts.
+# What the first page needs (the Overview's imports), imported while the server starts.
 PRELOAD = ("torch", "pandas", "plotly.graph_objects", "analysis", "analysis.image_folder", "analysis.path_health",
            "analysis.speed", "models", "app.figures", "app.health_figures", "app.links", "app.roots")
 
 
 def _warm(runs: list[Path]) -> None:
-    """Import what the first page imports and load the first run once (torch initialises lazily on
-    first use, about 2 s), while the server starts and the browser loads the page: Streamlit runs the
-    pages in this process, so the first page finds them ready (or waits on the import lock for the
-    rest). A run that does not load is left for the page to report."""
+    """Import what the first page imports and load the first run once (the OS then holds its files),
+    while the server starts and the browser loads the page: Streamlit runs the pages in this process,
+    so the first page finds them ready (or waits on the import lock for the rest). A run that does
+    not load is left for the page to report."""
     import importlib
 
     for name in PRELOAD:
