@@ -53,7 +53,7 @@ def test_the_report_renders_every_figure_offline(report, browser, tmp_path):
     empty = [f for f in figures if not (f["svg"] and f["width"] > 200 and f["height"] > 150 and f["marks"] and f["types"])]
     assert not empty, empty
     types = {t for f in figures for t in f["types"]}
-    assert {"sankey", "scattergl", "heatmap", "histogram", "box", "bar", "scatter"} <= types
+    assert {"sankey", "scattergl", "heatmap", "box", "bar", "scatter"} <= types  # histograms come binned, as bars
     sankeys = [f for f in figures if f["types"] == ["sankey"]]
     assert sankeys and all(f["nodes"] and f["links"] for f in sankeys)  # every Sankey drew its nodes and flows
     assert blocked == [] and [u for u in requested if not u.startswith("file:")] == []  # nothing asked of the network
