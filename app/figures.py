@@ -250,6 +250,9 @@ def figure_data(fig: go.Figure) -> pd.DataFrame:
             ys = list(t.y) if t.y is not None else list(range(z.shape[0]))
             frames.append(pd.DataFrame({"y": np.repeat(ys, z.shape[1]), "x": np.tile(xs, z.shape[0]),
                                         "value": z.ravel()}))
+        elif t.type == "box" and t.q1 is not None:  # precomputed (app.health_figures.box_statistics)
+            stats = ("lowerfence", "q1", "median", "q3", "upperfence", "mean")
+            frames.append(pd.DataFrame({"x": list(t.x), **{k: list(getattr(t, k)) for k in stats}}))
         else:
             frame = pd.DataFrame({"x": np.asarray(t.x)} if t.x is not None else {})
             if getattr(t, "y", None) is not None:

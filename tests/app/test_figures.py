@@ -90,3 +90,14 @@ def test_layer_costs_add_up_to_the_ungated_network_and_mark_gated_layers():
     gated = {layer.name for layer in costs.layers if layer.in_gate is not None or layer.out_gate is not None}
     assert set(bars["gated layers"]) == gated and gated  # the shipped model has gated layers
     assert list(fig.layout.xaxis.categoryarray) == [layer.name for layer in costs.layers]
+
+
+def test_precomputed_boxes_export_their_statistics():
+    import plotly.graph_objects as go
+
+    from app.health_figures import box_statistics
+
+    values = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 100.0])
+    data = figures.figure_data(go.Figure(go.Box(x=["gate 0"], **box_statistics(values), name="gate 0")))
+    assert data.to_dict("records") == [{"trace": "gate 0", "x": "gate 0", "lowerfence": 1.0, "q1": 3.25,
+                                        "median": 5.5, "q3": 7.75, "upperfence": 9.0, "mean": 14.5}]
