@@ -33,11 +33,14 @@ def test_overview_without_its_data_still_shows_the_card_and_says_what_it_needs(o
     assert at.metric[0].label == "Test accuracy (recorded)"
 
 
-def test_switching_the_split_recomputes_on_train(open_app):
-    at = open_app()
+def test_switching_the_split_recomputes_on_train(open_app, tmp_path):
+    run = tmp_path / "dynamic"  # a copy: the train split's outputs are stored with the run
+    shutil.copytree(DEFAULT_RUN, run, ignore=shutil.ignore_patterns("analysis"))
+    at = open_app(run)
     at.sidebar.radio(key="split").set_value("train").run()
     assert not at.exception
     assert at.subheader[0].value == "Per-input cost on the train split (4,000 inputs)"
+    assert any(f.name.startswith("outputs-train.") for f in (run / "analysis").iterdir())
 
 
 def test_measured_speed_is_shown_when_the_run_has_it(open_app, tmp_path):
