@@ -179,19 +179,25 @@ def _written(before: dict, after: dict) -> str:
     return ", ".join(f"{top} ({n} files, {size / 1e6:.2f} MB)" for top, (n, size) in parts.items())
 
 
+@contextmanager
+def _overview(browser, url: str):
+    """A new browser context's page on ``url``, once its Overview is rendered; closed after the block."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_selector(PAGES["Overview"], timeout=TIMEOUT_MS)
+        _rendered(page)
+        yield page
+    finally:
+        context.close()
+
+
 def _to_overview(browser, runs, data, log) -> float:
     """Seconds from starting `gatescope app` to its Overview rendered in a new browser context."""
     t0 = time.perf_counter()
-    with _serving(log, runs, data) as url:
-        context = browser.new_context(viewport=VIEWPORT)
-        try:
-            page = context.new_page()
-            page.goto(url)
-            page.wait_for_selector(PAGES["Overview"], timeout=TIMEOUT_MS)
-            _rendered(page)
-            return time.perf_counter() - t0
-        finally:
-            context.close()
+    with _serving(log, runs, data) as url, _overview(browser, url):
+        return time.perf_counter() - t0
 
 
 def _cold_and_warm(browser, run: Path, data, launches: int, colds: int, tmp: Path, log) -> tuple[list, list, str]:
@@ -230,20 +236,12 @@ def _stored_analysis(run: Path) -> bool:
 
 def _map_seconds(browser, run: Path, log) -> float:
     """Seconds from clicking the Decision-feature map page, the Overview rendered, to its map drawn."""
-    with _serving(log, [run]) as url:
-        context = browser.new_context(viewport=VIEWPORT)
-        try:
-            page = context.new_page()
-            page.goto(url)
-            page.wait_for_selector(PAGES["Overview"], timeout=TIMEOUT_MS)
-            _rendered(page)
-            t0 = time.perf_counter()
-            page.locator('[data-testid="stSidebarNavLink"]', has_text="Decision-feature map").click()
-            page.wait_for_selector(".st-key-umap .main-svg", timeout=TIMEOUT_MS)
-            _rendered(page)
-            return time.perf_counter() - t0
-        finally:
-            context.close()
+    with _serving(log, [run]) as url, _overview(browser, url) as page:
+        t0 = time.perf_counter()
+        page.locator('[data-testid="stSidebarNavLink"]', has_text="Decision-feature map").click()
+        page.wait_for_selector(".st-key-umap .main-svg", timeout=TIMEOUT_MS)
+        _rendered(page)
+        return time.perf_counter() - t0
 
 
 # 3. Pages on a second visit
