@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from models import Run
+from models import Run, channels_last
 
 from . import distributed
 from .adversarial.attacks import create_attack, default_params
@@ -78,17 +78,18 @@ def analyze(run: Run, config: AnalyzeConfig = AnalyzeConfig(), *, force: bool = 
     store = AnalysisStore(run)
     split = _split(run, config)
     step("clean decision features")
-    clean = _clean(store, run, split, config, force, log)
-    attacks = {}
-    for name in config.attacks:
-        step(f"attack {name}")
-        attacks[name] = _attack(store, run, split, clean, name, config, force, log)
-    if not distributed.is_main():
-        return {}  # under torchrun, detection and the map (not per-input work) run on rank 0 alone
-    detection = _detection(store, run, split, clean, attacks, config, force, log, step) if attacks else {}
-    if config.compute_eps and attacks:  # --attacks none: features and the map only
-        step("compute attack")
-        _compute(store, run, split, config, force, log)
+    clean = _clean(store, run, split, config, force, log)  # as every page computes them: the same bits
+    with channels_last(run.model):  # the attacks and detectors' passes run faster on a CPU
+        attacks = {}
+        for name in config.attacks:
+            step(f"attack {name}")
+            attacks[name] = _attack(store, run, split, clean, name, config, force, log)
+        if not distributed.is_main():
+            return {}  # under torchrun, detection and the map (not per-input work) run on rank 0 alone
+        detection = _detection(store, run, split, clean, attacks, config, force, log, step) if attacks else {}
+        if config.compute_eps and attacks:  # --attacks none: features and the map only
+            step("compute attack")
+            _compute(store, run, split, config, force, log)
     if config.umap:
         step("map (UMAP)")
         _umap(store, clean, attacks, config, force, log)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -72,3 +74,16 @@ def check_widths(widths: list[int] | None, default: list[int]) -> list[int]:
     if any(w < 1 for w in widths):
         raise ValueError(f"every width must be >= 1, got {widths}")
     return widths
+
+
+@contextmanager
+def channels_last(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``model``'s 4-D weights are in channels-last layout, so convolutions (and
+    what follows them) run channels-last whatever the input's layout: on a CPU oneDNN's kernels are
+    then faster (``benchmarks/memory_layout.py``). Same values, so the same results up to float
+    rounding; the contiguous layout again after the block."""
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        model.to(memory_format=torch.contiguous_format)
