@@ -26,7 +26,7 @@ from .adversarial.detectors import create_detector
 from .datasets import DatasetSplit, load_run_dataset, subset
 from .embedding import umap_embedding
 from .evaluation import Outputs, check_finite, collect
-from .store import AnalysisStore
+from .store import AnalysisStore, Stopwatch
 
 
 @dataclass(frozen=True)
@@ -101,13 +101,14 @@ def _compute(store, run, split, config, force, log) -> dict:
     params = {"split": config.split, "limit": config.limit, "eps": list(config.compute_eps),
               "n": config.compute_limit, "seed": config.seed}
     if force or not store.has("compute", params):
+        clock = Stopwatch()
         x, y = _images(split, config.batch_size)
         if config.compute_limit:
             x, y = x[:config.compute_limit], y[:config.compute_limit]
         log(f"compute attack (counted MACs) on {len(x)} images, eps {', '.join(eps_label(e) for e in config.compute_eps)}")
         report = compute_attack_report(run.model, x, y, input_shape=tuple(run.meta.input_shape),
                                        eps_values=list(config.compute_eps), batch_size=config.batch_size, log=log)
-        store.save("compute", params, data=report)
+        store.save("compute", params, data=report, took=clock.took())
     return store.data("compute")
 
 
@@ -136,14 +137,17 @@ def outputs_table(out: Outputs) -> pd.DataFrame:
 def _clean(store, run, split, config, force, log) -> dict:
     params = {"split": config.split, "limit": config.limit}
     if force or not store.has("clean", params):
+        clock = Stopwatch()
         log(f"clean decision features of {len(split)} {config.split} images")
         if distributed.active():  # gathered to every process; rank 0 writes
             out = collect(run.model, split, batch_size=config.batch_size, progress=True)
             if distributed.is_main():
-                store.save("clean", params, tables={"rows": outputs_table(out)}, arrays={"log_probs": out.log_probs})
+                store.save("clean", params, tables={"rows": outputs_table(out)}, arrays={"log_probs": out.log_probs},
+                           took=clock.took())
             distributed.barrier()
         else:  # streamed to disk chunk by chunk: memory stays flat however large the split
-            store.save_streamed("clean", params, _feature_chunks(run, split, config.batch_size), len(split))
+            store.save_streamed("clean", params, _feature_chunks(run, split, config.batch_size), len(split),
+                                took=clock.took)
     return {"rows": store.table("clean", "rows"), "log_probs": store.array("clean", "log_probs")}
 
 
@@ -165,6 +169,7 @@ def _attack(store, run, split, clean, name, config, force, log) -> dict:
     params = {"split": config.split, "limit": config.limit, "attack": name, "params": attack_params, "seed": config.seed}
     key = f"attack-{name}"
     if force or not store.has(key, params):
+        clock = Stopwatch()
         rows = clean["rows"]
         sources = np.flatnonzero(rows["label"].to_numpy() == rows["pred"].to_numpy())  # attack correct ones only
         x, y = _images(split, config.batch_size)
@@ -188,7 +193,7 @@ def _attack(store, run, split, clean, name, config, force, log) -> dict:
         if distributed.is_main():
             store.save(key, params, tables={"rows": table},
                        arrays={"log_probs": out.log_probs, "x_adv": x_adv.numpy().astype(np.float32)},
-                       data={"attack": name, "params": attack.params})
+                       data={"attack": name, "params": attack.params}, took=clock.took())
         distributed.barrier()
     return {"rows": store.table(key, "rows"), "log_probs": store.array(key, "log_probs"), "x_adv": store.array(key, "x_adv")}
 
@@ -203,6 +208,7 @@ def _detection(store, run, split, clean, attacks, config, force, log, step) -> d
     if not force and store.has("detection", params):
         return store.data("detection")
     step("detectors' reference statistics")
+    clock = Stopwatch()  # the reference statistics and the final table: the parts record their own
     x, _ = _images(split, config.batch_size)
     train = load_run_dataset(run.meta, "train")
     ref_x, ref_y = _images(subset(train, config.reference, seed=config.seed), config.batch_size)
@@ -220,16 +226,18 @@ def _detection(store, run, split, clean, attacks, config, force, log, step) -> d
         step(f"detection on {name}")
         key, part_params = f"detection-{name}", {**params, "part": name}
         if force or not store.has(key, part_params):
-            store.save(key, part_params, data=compute())
+            part_clock = Stopwatch()
+            store.save(key, part_params, data=compute(), took=part_clock.took())
         else:
             log(f"detection on {name}: kept from an earlier run")
         return store.data(key, part_params)
 
+    before_parts = clock.took()
     results = audit(run.model, inputs, detectors, seed=config.seed, n_boot=config.n_boot,
                     adaptive_on="pgd" if config.adaptive else None, adaptive_limit=config.adaptive_limit, log=log,
                     stored=stored)
     results["reference"] = {"images": int(len(ref_x)), "lee": int(len(train))}
-    store.save("detection", params, data=results)
+    store.save("detection", params, data=results, took=before_parts)
     return results
 
 
@@ -265,6 +273,7 @@ def _umap(store, clean, attacks, config, force, log) -> dict:
               "format": 2}
     if not force and store.has("umap", params):
         return params
+    clock = Stopwatch()
     log("UMAP of decision features (fit on clean, transform attacked)")
     adv = {n: decision_features_of(a["log_probs"][a["rows"]["success"].to_numpy().astype(bool)]) for n, a in attacks.items()}
     coords = umap_embedding(decision_features_of(clean["log_probs"]), adv, n_neighbors=config.umap_neighbors,
@@ -278,7 +287,7 @@ def _umap(store, clean, attacks, config, force, log) -> dict:
         tables.append(pd.DataFrame({"source": rows["source"].to_numpy(), "kind": name, "row": np.flatnonzero(ok),
                                     "label": rows["label"].to_numpy(), "pred": rows["pred"].to_numpy(),
                                     "x": coords[name][:, 0], "y": coords[name][:, 1]}))
-    store.save("umap", params, tables={"points": pd.concat(tables, ignore_index=True)})
+    store.save("umap", params, tables={"points": pd.concat(tables, ignore_index=True)}, took=clock.took())
     return params
 
 

@@ -18,7 +18,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -106,9 +106,11 @@ class AnalysisStore:
         return entry["params"] if entry else None
 
     def save(self, name: str, params: dict[str, Any], *, tables: dict[str, pd.DataFrame] | None = None,
-             arrays: dict[str, np.ndarray] | None = None, data: dict | None = None, compress: bool = True) -> None:
+             arrays: dict[str, np.ndarray] | None = None, data: dict | None = None, compress: bool = True,
+             took: dict[str, float] | None = None) -> None:
         """Write an entry's files, then record it in the manifest (the manifest is written last).
-        ``compress=False`` keeps large arrays as plain .npy too (faster to read, for what is read often)."""
+        ``compress=False`` keeps large arrays as plain .npy too (faster to read, for what is read often);
+        ``took`` (e.g. :meth:`Stopwatch.took`) is kept with the entry: what computing it cost."""
         prefix = f"{name}.{self._digest(params)}"
         files = []
         for key, df in (tables or {}).items():
@@ -125,14 +127,16 @@ class AnalysisStore:
                 files.append(self._write(f"{prefix}.{key}.npy", buf.getvalue()))
         if data is not None:
             files.append(self._write(f"{prefix}.json", (dumps_json(_plain(data), indent=1) + "\n").encode()))
-        self._record(name, params, files)
+        self._record(name, params, files, took)
 
     def save_streamed(self, name: str, params: dict[str, Any],
-                      chunks: Iterable[tuple[pd.DataFrame, dict[str, np.ndarray]]], rows: int) -> None:
+                      chunks: Iterable[tuple[pd.DataFrame, dict[str, np.ndarray]]], rows: int,
+                      took: Callable[[], dict[str, float]] | None = None) -> None:
         """:meth:`save` for results too large to hold at once: each chunk's table is appended to
         one Parquet file (table ``"rows"``, a row group per chunk) and its arrays to ``.npy`` files
         of ``rows`` rows written through a memory map. Everything goes to temporary names that
-        are renamed only once complete, then the manifest records the entry."""
+        are renamed only once complete, then the manifest records the entry (and ``took()``, called
+        once the chunks are exhausted)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -170,15 +174,17 @@ class AnalysisStore:
             for tmp in temps:
                 tmp.unlink(missing_ok=True)
             raise
-        self._record(name, params, list(temps.values()))
+        self._record(name, params, list(temps.values()), took() if took else None)
 
-    def _record(self, name: str, params: dict[str, Any], files: list[str]) -> None:
+    def _record(self, name: str, params: dict[str, Any], files: list[str], took: dict[str, float] | None = None) -> None:
         """Add the entry to the manifest (after its files are complete)."""
         with locked(self.path / LOCK):  # another process's save between our read and write would be lost
             manifest = self._manifest()
             replaced = manifest["entries"].get(name, {"files": []})["files"]
             manifest["entries"][name] = {"params": _plain(params), "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                          "versions": {"gatescope": package_version(), "torch": torch.__version__}}
+            if took:
+                manifest["entries"][name]["took"] = {k: round(float(v), 3) for k, v in took.items()}
             atomic_write_json(self.path / MANIFEST, manifest)
             self._collect(manifest, unlisted=set(replaced) - set(files))
 
@@ -247,3 +253,19 @@ class AnalysisStore:
 def _plain(obj: Any) -> Any:
     """JSON-compatible copy (tuples -> lists, numpy scalars -> Python numbers)."""
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+class Stopwatch:
+    """Wall-clock and CPU time (every thread of this process) since it was made or last
+    :meth:`restart`-ed. The CPU time is what an entry cost even when other work shared the
+    machine (the wall time then says little); on an idle machine wall ~ CPU / threads busy."""
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self) -> "Stopwatch":
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def took(self) -> dict[str, float]:
+        return {"seconds": time.perf_counter() - self._wall, "cpu_seconds": time.process_time() - self._cpu}

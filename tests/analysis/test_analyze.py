@@ -152,6 +152,7 @@ def test_clean_features_stream_to_disk_in_chunks_equal_to_one_pass(tmp_path, mon
     assert store.table("clean", "rows").equals(outputs_table(expected))
     np.testing.assert_allclose(store.array("clean", "log_probs"), expected.log_probs, atol=1e-6)
     assert not [f for f in store.path.iterdir() if f.name.endswith(".tmp")]
+    assert all(store.entries()[name]["took"]["cpu_seconds"] > 0 for name in ("clean", "umap"))
 
 
 def test_an_interrupted_audit_resumes_with_the_next_attack(tmp_path, monkeypatch):
@@ -183,6 +184,10 @@ def test_an_interrupted_audit_resumes_with_the_next_attack(tmp_path, monkeypatch
     fresh = tmp_path / "fresh"
     shutil.copytree(DEFAULT_RUN, fresh, ignore=shutil.ignore_patterns("analysis"))
     assert resumed == analyze(load_run(fresh), config, log=lambda s: None)  # the same as one uninterrupted run
+    # every entry records what computing it cost (the report adds them up)
+    took = {name: e["took"] for name, e in AnalysisStore(load_run(fresh)).entries().items()}
+    assert set(took) == {"clean", "attack-fgsm", "attack-pgd", "detection-fgsm", "detection-pgd", "detection"}
+    assert all(t["seconds"] > 0 and t["cpu_seconds"] > 0 for t in took.values())
 
     # umap=False (--no-map) leaves the map out, and out of the detection's parameters; the map page
     # computes it from the stored features when opened
