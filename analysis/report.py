@@ -145,6 +145,40 @@ def markdown_detection(results: dict, compute: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+ANALYSIS_STEPS = {"clean": "clean decision features", "detection": "detectors' reference statistics",
+                  "compute": "compute attack", "umap": "map (UMAP)"}
+
+
+def markdown_timings(entries: dict[str, dict]) -> str:
+    """What each stored analysis entry cost (``AnalysisStore.entries``: the ``took`` each recorded),
+    as a Markdown table in the order ``gatescope analyze`` computes them, with the total. CPU
+    seconds count every thread of the process that computed the entry: unlike the wall time they
+    do not grow when other work shares the machine."""
+    def order(name: str) -> tuple[int, str]:
+        rank = {"clean": 0, "attack": 1, "detection": 2, "compute": 4, "umap": 5}
+        kind = name.split("-")[0]
+        return (3 if name.startswith("detection-") else rank.get(kind, 6), name)
+
+    lines = ["| step | wall s | CPU s |", "|---|---|---|"]
+    total, timed, listed = [0.0, 0.0], 0, 0
+    for name in sorted(entries, key=order):
+        if name.startswith("outputs") or name.split("-")[0] not in ("clean", "attack", "detection", "compute", "umap"):
+            continue  # the pages' caches are not part of the analysis
+        listed += 1
+        took = entries[name].get("took")
+        label = ANALYSIS_STEPS.get(name) or name.replace("attack-", "attack ").replace("detection-", "detection on ")
+        if took is None:
+            lines.append(f"| {label} | not recorded | not recorded |")
+            continue
+        timed += 1
+        total[0] += took["seconds"]
+        total[1] += took["cpu_seconds"]
+        lines.append(f"| {label} | {took['seconds']:.0f} | {took['cpu_seconds']:.0f} |")
+    note = "" if timed == listed else f" ({timed} of {listed} steps recorded)"
+    lines.append(f"| **total**{note} | {total[0]:.0f} | {total[1]:.0f} |")
+    return "\n".join(lines)
+
+
 def _or_blank(value: float, spec: str) -> str:
     return "" if value != value else format(value, spec)  # NaN: not measured
 

@@ -241,7 +241,7 @@ def _train_pruned(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from analysis.report import format_detection, format_report, markdown_detection, report_for_path
+    from analysis.report import format_detection, format_report, markdown_detection, markdown_timings, report_for_path
     from analysis.store import AnalysisStore
     from models import load_run
     from models.files import dumps_json
@@ -264,6 +264,7 @@ def _report(args: argparse.Namespace) -> int:
             print(f"no detection results: run gatescope analyze {args.run}", file=sys.stderr)
             return 1
         print(markdown_detection(detection, store.data("compute") if store.params("compute") is not None else None))
+        print("\nWhat each step cost (as recorded when it was computed):\n\n" + markdown_timings(store.entries()))
         return 0
     report = report_for_path(args.run, args.baseline, args.dataset)
     if args.json:

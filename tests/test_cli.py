@@ -54,6 +54,10 @@ def test_analyze_then_report_prints_the_detection_table(tmp_path, capsys):
     assert rows["| detector"].count("|") == rows["| `decision-logreg`"].count("|")  # one cell per column
     assert float(re.search(r"\d\.\d{3}", rows["| `decision-logreg`"].split(" | ")[1]).group()) > 0.5
     assert "| 8/255" in rows  # the compute attack's table
+    steps = ["clean decision features", "attack fgsm", "detectors' reference statistics", "detection on fgsm",
+             "compute attack", "map (UMAP)", "**total**"]  # what each step cost, in the order analyze runs them
+    assert [r for r in rows if r[2:].split(" |")[0] in steps] == [f"| {s}" for s in steps]
+    assert float(rows["| **total**"].split(" | ")[2].rstrip(" |")) > 0  # CPU seconds, all recorded
     assert main(["analyze", str(run), "--attack-param", "fgsm.eps"]) == 1
     assert "expected ATTACK.NAME=VALUE" in capsys.readouterr().err
 
