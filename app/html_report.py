@@ -35,7 +35,7 @@ from analysis.path_health import (
     class_entropy, decision_entropy, health_over_epochs, path_health_table, transition_counts,
 )
 from analysis.paths import sankey_links
-from analysis.speed import load_speed
+from analysis.speed import load_speed, speed_table
 from analysis.store import AnalysisStore
 from app import audit_figures, figures, health_figures
 from models import Run, cost_model, gated_convs
@@ -275,11 +275,9 @@ def _cost(page: _Page, run: Run, out: Outputs, split: str, baseline: float | Non
     if speed:
         page.heading("Measured speed")
         page.text(f"Milliseconds per call on {speed['hardware']}, torch {speed['torch']}: the network without gates, "
-                  "the masked network (switched-off channels multiplied by 0) and the dynamic executor (skipped).")
-        page.table(pd.DataFrame(speed["rows"]).drop(columns="calls", errors="ignore").rename(columns={
-            "batch_size": "batch", "macs_ratio": "counted MACs ratio", "ungated_ms": "ungated (ms)",
-            "masked_ms": "masked (ms)", "executor_ms": "executor (ms)", "executor_vs_masked": "executor speed-up vs masked",
-            "executor_vs_ungated": "executor speed-up vs ungated"}))
+                  "the masked network (switched-off channels multiplied by 0; also with channels-last weights) and the "
+                  "dynamic executor (skipped).")
+        page.table(speed_table(speed))
     log = _training_log(run)
     if not log.empty and {"phase", "epoch", "test_acc", "test_macs_ratio"} <= set(log.columns):
         page.heading("Training curves")

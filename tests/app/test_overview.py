@@ -55,13 +55,18 @@ def test_measured_speed_is_shown_when_the_run_has_it(open_app, tmp_path):
     assert "Measured speed" not in [s.value for s in at.subheader]
     assert any("benchmarks/dynamic_speed.py" in c.value for c in at.caption)
     run = load_run(run_path)
-    result = measure_speed(run, torch.rand(64 * 3, 1, 28, 28), calls=3)
-    assert [r["batch_size"] for r in result["rows"]] == [1, 64] and all(r["executor_ms"] > 0 for r in result["rows"])
+    threads_before = torch.get_num_threads()
+    result = measure_speed(run, torch.rand(64 * 3, 1, 28, 28), calls=3, threads=(1, 2))
+    assert [(r["threads"], r["batch_size"]) for r in result["rows"]] == [(1, 1), (1, 64), (2, 1), (2, 64)]
+    assert all(r["executor_ms"] > 0 and r["masked_cl_ms"] > 0 for r in result["rows"])
+    assert all(r["of_ideal"] == pytest.approx(r["masked_cl_ms"] / r["executor_ms"] * r["macs_ratio"]) for r in result["rows"])
+    assert torch.get_num_threads() == threads_before  # the measurement leaves torch's setting as it was
     save_speed(run, result)
     at = open_app(run_path)
     assert "Measured speed" in [s.value for s in at.subheader]
     table = next(d.value for d in at.dataframe)
-    assert list(table["batch"]) == [1, 64] and table["counted MACs ratio"].between(0, 1).all()
+    assert list(table["batch"]) == [1, 64, 1, 64] and table["counted MACs ratio"].between(0, 1).all()
+    assert list(table["threads"]) == [1, 1, 2, 2] and (table["of counted ideal (%)"] > 0).all()
 
 
 def _figure(at, key: str) -> dict:
