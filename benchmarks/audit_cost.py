@@ -55,6 +55,7 @@ def main() -> None:
     src = torch.nonzero(correct).flatten()
     print(f"{run.path}: {len(x)} test images, {accuracy:.1%} correct; torch threads {torch.get_num_threads()}")
 
+    run.model.to(memory_format=torch.channels_last)  # as gatescope analyze runs attacks and detectors (models.channels_last)
     config = AnalyzeConfig()
     overrides = parse_overrides(args.attack_param)
     per_image: dict[str, float] = {}
