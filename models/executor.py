@@ -54,55 +54,51 @@ class DynamicExecutor:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        layout = self.layout
-        h = ((x - self.model.mean) / self.model.std).contiguous(memory_format=layout)
-        if isinstance(self.model, ConvChain):
-            h, present = self._chain(h, layout)
-        else:
-            h, present = self._resnet(h, layout)
+        h = ((x - self.model.mean) / self.model.std).contiguous(memory_format=self.layout)
+        h, present = self._chain(h) if isinstance(self.model, ConvChain) else self._resnet(h)
         fc = self.model.fc
         weight = fc.weight if present.channels is None else self._cached(
             ("fc", present.key), lambda: fc.weight.index_select(1, present.channels).contiguous())
         return F.linear(h.mean(dim=(2, 3)), weight, fc.bias)
 
-    def _chain(self, h: torch.Tensor, layout) -> tuple[torch.Tensor, "_Channels"]:
+    def _chain(self, h: torch.Tensor) -> tuple[torch.Tensor, "_Channels"]:
         present = _ALL
         for layer, pool in zip(self._layers, self.model._pools):
-            h, present = self._gated(layer, h, present, layout)
+            h, present = self._gated(layer, h, present)
             h = F.relu_(h)
             if pool:
                 h = _pool(h)
         return h, present
 
-    def _resnet(self, h: torch.Tensor, layout) -> tuple[torch.Tensor, "_Channels"]:
-        h, _ = self._gated(self._stem, h, _ALL, layout)
+    def _resnet(self, h: torch.Tensor) -> tuple[torch.Tensor, "_Channels"]:
+        h, _ = self._gated(self._stem, h, _ALL)
         h = F.relu_(h)
         for conv1, conv2, shortcut in self._blocks:  # the residual stream keeps every channel
-            mid, present = self._gated(conv1, h, _ALL, layout)
-            out, _ = self._gated(conv2, F.relu_(mid), present, layout)
+            mid, present = self._gated(conv1, h, _ALL)
+            out, _ = self._gated(conv2, F.relu_(mid), present)
             h = F.relu_(out.add_(h if shortcut is None else shortcut(h)))
         return h, _ALL
 
-    def _gated(self, layer: "_Layer", h: torch.Tensor, present: "_Channels", layout) -> tuple[torch.Tensor, "_Channels"]:
+    def _gated(self, layer: "_Layer", h: torch.Tensor, present: "_Channels") -> tuple[torch.Tensor, "_Channels"]:
         """``layer`` (conv, folded BN, mask; no ReLU) on ``h``, which holds the input channels
         ``present``. Returns the output over the channels any input of the batch uses, and those."""
         if layer.bank is None:
-            weight, bias = self._cached((layer.name, present.key, layout), lambda: layer.folded(present.channels, None, layout))
+            weight, bias = self._cached((layer.name, present.key), lambda: layer.folded(present.channels, None, self.layout))
             return _conv(h, weight, bias, layer.stride), _ALL
         unit, bias = self._cached((layer.name, "decision", present.key), lambda: layer.decision_unit(present.channels))
         actions = F.linear(h.mean(dim=(2, 3)), unit, bias).argmax(dim=1)  # h is post-ReLU already
         if len(h) == 1:  # one input: its mask is folded into the weights too
             action = int(actions)
-            weight, bias, out = self._cached((layer.name, present.key, action, layout),
-                                             lambda: layer.for_action(action, present.channels, layout))
+            weight, bias, out = self._cached((layer.name, present.key, action),
+                                             lambda: layer.for_action(action, present.channels, self.layout))
             return _conv(h, weight, bias, layer.stride), _Channels(out, (layer.name, action))
         masks = layer.bank.weight.detach()[actions]  # (B, C_out)
         used = (masks != 0).any(0)
         out = _ALL if bool(used.all()) else _Channels.of(used.nonzero().flatten())
         if out.channels is not None:
             masks = masks.index_select(1, out.channels)
-        weight, bias = self._cached((layer.name, present.key, out.key, layout),
-                                    lambda: layer.folded(present.channels, out.channels, layout))
+        weight, bias = self._cached((layer.name, present.key, out.key),
+                                    lambda: layer.folded(present.channels, out.channels, self.layout))
         return _conv(h, weight, bias, layer.stride).mul_(masks[:, :, None, None]), out
 
     def _cached(self, key: tuple, make):
