@@ -81,14 +81,14 @@ def _transposed(rows: dict[str, dict[str, dict]]) -> dict:
     return out
 
 
-def _test_side(data: AuditInputs, name: str, sides: SourceSplit) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(clean, adversarial) images of the attack's successful sources on the test side, or None
-    when there are too few to train and test detectors."""
+def _test_side(data: AuditInputs, name: str, sides: SourceSplit) -> tuple[np.ndarray, torch.Tensor] | None:
+    """The attack's successful sources on the test side (indices into ``data.x``: the clean images)
+    and their adversarial images, or None when there are too few to train and test detectors."""
     ok, src, tr, te = _successful(data, name, sides)
     if tr.sum() < 10 or te.sum() < 5:
         return None
     x_adv = data.attacks[name]["x_adv"]
-    return data.x[torch.from_numpy(src[te])], torch.from_numpy(np.ascontiguousarray(x_adv[ok][te]))
+    return src[te], torch.from_numpy(np.ascontiguousarray(x_adv[ok][te]))
 
 
 def _successful(data: AuditInputs, name: str, sides: SourceSplit) -> tuple[np.ndarray, ...]:
@@ -119,14 +119,14 @@ def audit_attack(model: Network, data: AuditInputs, detectors: dict[str, Detecto
     for det_name, proto in detectors.items():
         log(f"detector {det_name} on {name}")
         det = proto.fresh().fit(train_c, train_a, seed=seed)
-        scores, labels = labelled(score(det_name, det, (name, "clean"), test_sets[name][0]),
-                                  score(det_name, det, (name, "adversarial"), test_sets[name][1]))
+        scores, labels = labelled(score.clean(det_name, det, data.x, test_sets[name][0]),
+                                  score(det_name, det, name, test_sets[name][1]))
         summary["detectors"][det_name] = {
             **detection_metrics(labels, scores, n_boot=n_boot, seed=seed), "family": proto.family,
             "validation_auc": None if det.validation is None else det.validation["auc"], "params": det.params}
         trained[det_name] = det
     part = {"summary": summary, "best_decision": _best_by_validation(summary["detectors"]),
-            "transfer": _transfer_row(name, trained, test_sets, score, log)}
+            "transfer": _transfer_row(name, trained, data.x, test_sets, score, log)}
     if data.clean_log_probs.ndim == 3 and data.clean_log_probs.shape[1]:
         n_layers = data.clean_log_probs.shape[1]
         part["layers"] = per_layer_auc(data.clean_log_probs.reshape(len(data.x), -1),
@@ -158,21 +158,37 @@ def _best_by_validation(detectors: dict[str, dict]) -> str | None:
 
 
 class _Scores:
-    """Scores of a detector on a named image set, from features cached by (detector, parameters,
-    set): the transfer matrix scores each test set with detectors trained on every attack, and
-    detectors whose parameters agree share the features (the logistic regression differs)."""
+    """Scores of a detector on an attack's adversarial test set, or on clean images, from features
+    cached by (detector, parameters) and the set or the clean image: the transfer matrix scores
+    each test set with detectors trained on every attack, detectors whose parameters agree share
+    the features (the logistic regression differs), and the attacks' test sides share most of
+    their clean images (an image's features do not depend on the others in its batch)."""
 
     def __init__(self):
         self._features: dict[tuple, np.ndarray] = {}
+        self._clean: dict[tuple, dict[int, np.ndarray]] = {}
 
-    def __call__(self, label: str, det: Detector, key: tuple, x: torch.Tensor) -> np.ndarray:
-        memo = (label, json.dumps(det.feature_params(), sort_keys=True, default=str), key)
+    @staticmethod
+    def _params(label: str, det: Detector) -> tuple:
+        return label, json.dumps(det.feature_params(), sort_keys=True, default=str)
+
+    def __call__(self, label: str, det: Detector, attack: str, x_adv: torch.Tensor) -> np.ndarray:
+        memo = (*self._params(label, det), attack)
         if memo not in self._features:
-            self._features[memo] = det.features(x)
+            self._features[memo] = det.features(x_adv)
         return det.score_features(self._features[memo])
 
+    def clean(self, label: str, det: Detector, x: torch.Tensor, sources: np.ndarray) -> np.ndarray:
+        """Scores of the clean images ``x[sources]``."""
+        rows = self._clean.setdefault(self._params(label, det), {})
+        missing = [int(s) for s in dict.fromkeys(sources.tolist()) if int(s) not in rows]
+        if missing:
+            rows.update(zip(missing, det.features(x[torch.tensor(missing)])))
+        return det.score_features(np.stack([rows[int(s)] for s in sources]))
 
-def _transfer_row(train_name: str, trained: dict[str, Detector], test_sets: dict, score: _Scores, log) -> dict:
+
+def _transfer_row(train_name: str, trained: dict[str, Detector], x: torch.Tensor, test_sets: dict, score: _Scores,
+                  log) -> dict:
     """ROC-AUC of each detector trained on ``train_name`` on every attack's test side: one row of
     the known / unknown / transfer matrix (the diagonal is the known-attack figure, the FGSM row
     Lee et al.'s unknown-attack setting)."""
@@ -181,9 +197,8 @@ def _transfer_row(train_name: str, trained: dict[str, Detector], test_sets: dict
     log(f"transfer: detectors trained on {train_name} on {len(test_sets)} attacks' test sides")
     row: dict = {}
     for det_name, det in trained.items():
-        for test_name, (clean, adv) in test_sets.items():
-            scores, labels = labelled(score(det_name, det, (test_name, "clean"), clean),
-                                      score(det_name, det, (test_name, "adversarial"), adv))
+        for test_name, (sources, adv) in test_sets.items():
+            scores, labels = labelled(score.clean(det_name, det, x, sources), score(det_name, det, test_name, adv))
             row.setdefault(det_name, {})[test_name] = float(roc_auc_score(labels, scores))
     return row
 

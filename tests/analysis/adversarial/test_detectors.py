@@ -306,6 +306,20 @@ def test_scoring_precomputed_features_is_scoring(shipped, name):
     assert not any(k.endswith("_auc") for k in det.feature_params())
 
 
+@pytest.mark.parametrize("name", ["decision-logreg", "kd-bu", "lid", "mahalanobis-lee"])
+def test_the_audits_clean_scores_are_each_images_own_whatever_sets_share_it(shipped, name):
+    """The audit caches clean features per image across attacks' test sides, which overlap."""
+    from analysis.adversarial.audit import _Scores
+
+    model, ref_x, ref_y, clean, noisy = shipped
+    det = create_detector(name, model, ref_x, ref_y).fit(clean[:60], noisy[60:120])
+    scores = _Scores()
+    first, second = np.arange(200, 230), np.r_[np.arange(250, 220, -1), [205, 207]]  # overlapping, reordered
+    for sources in (first, second, first):
+        np.testing.assert_allclose(scores.clean(name, det, clean, sources), det.score(clean[torch.from_numpy(sources)]),
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_lid_finds_exactly_the_reference_images_among_scored_ones(shipped):
     model, ref_x, ref_y, clean, _ = shipped
     det = create_detector("lid", model, ref_x, ref_y, k=10, ref_batch=100)
