@@ -162,8 +162,8 @@ def markdown_timings(entries: dict[str, dict]) -> str:
     lines = ["| step | wall s | CPU s |", "|---|---|---|"]
     total, timed, listed = [0.0, 0.0], 0, 0
     for name in sorted(entries, key=order):
-        if name.startswith("outputs") or name.split("-")[0] not in ("clean", "attack", "detection", "compute", "umap"):
-            continue  # the pages' caches are not part of the analysis
+        if order(name)[0] == 6:
+            continue  # not a step of the analysis (the pages' caches of per-input outputs)
         listed += 1
         took = entries[name].get("took")
         label = ANALYSIS_STEPS.get(name) or name.replace("attack-", "attack ").replace("detection-", "detection on ")
