@@ -264,7 +264,8 @@ def _report(args: argparse.Namespace) -> int:
             print(f"no detection results: run gatescope analyze {args.run}", file=sys.stderr)
             return 1
         print(markdown_detection(detection, store.data("compute") if store.params("compute") is not None else None))
-        print("\nWhat each step cost (as recorded when it was computed):\n\n" + markdown_timings(store.entries()))
+        if "clean" in store.entries():  # the whole analysis is here, not only its shipped tables
+            print("\nWhat each step cost (as recorded when it was computed):\n\n" + markdown_timings(store.entries()))
         return 0
     report = report_for_path(args.run, args.baseline, args.dataset)
     if args.json:
