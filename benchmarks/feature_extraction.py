@@ -10,8 +10,6 @@ log-probabilities, argmax path, active channels and counted MACs.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -20,17 +18,10 @@ from analysis import collect
 from analysis.datasets import load_run_dataset
 from models import load_run
 
+from timer import median_seconds  # benchmarks/timer.py, beside this script
+
 DEFAULT_RUN = Path(__file__).resolve().parent.parent / "assets" / "mnist5k" / "dynamic"
 BATCH = 250
-
-
-def _median(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -49,8 +40,8 @@ def main() -> None:
 
     collect(run.model, split, batch_size=BATCH)  # warm
     plain()
-    forward = _median(plain, args.repeats)
-    features = _median(lambda: collect(run.model, split, batch_size=BATCH), args.repeats)
+    forward = median_seconds(plain, args.repeats)
+    features = median_seconds(lambda: collect(run.model, split, batch_size=BATCH), args.repeats)
     print(f"{len(split)} images, torch {torch.get_num_threads()} threads, medians of {args.repeats}")
     print(f"plain forward {forward * 1000:.0f} ms; feature extraction {features * 1000:.0f} ms; "
           f"ratio {features / forward:.2f}")

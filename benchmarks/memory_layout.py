@@ -15,8 +15,6 @@ give the same logits (largest absolute difference).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -25,16 +23,9 @@ from analysis.adversarial.attacks import create_attack, default_params
 from analysis.analyze import dataset_kind
 from models import channels_last, load_run
 
+from timer import median_seconds  # benchmarks/timer.py, beside this script
+
 DEFAULT_RUN = Path(__file__).resolve().parent.parent / "assets" / "cifar10" / "dynamic"
-
-
-def _median(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _measure(run, x: torch.Tensor, y: torch.Tensor, repeats: int) -> tuple[dict[str, float], torch.Tensor]:
@@ -50,8 +41,8 @@ def _measure(run, x: torch.Tensor, y: torch.Tensor, repeats: int) -> tuple[dict[
 
     attack = create_attack("pgd", model, **default_params("pgd", dataset_kind(run)))
     forward(), backward()  # warm
-    times = {"forward": _median(forward, repeats), "forward+backward": _median(backward, repeats),
-             "pgd": _median(lambda: attack(x, y), max(1, repeats // 2))}
+    times = {"forward": median_seconds(forward, repeats), "forward+backward": median_seconds(backward, repeats),
+             "pgd": median_seconds(lambda: attack(x, y), max(1, repeats // 2))}
     return times, forward()
 
 
